@@ -1,0 +1,1 @@
+"""Readers and converters for input formats (MediaWiki XML, wikitext, record files)."""

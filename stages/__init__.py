@@ -1,0 +1,44 @@
+"""Stage and source registry.
+
+One line per stage: the name used in manifests -> "module:Class". Modules are imported
+lazily, so `pipeline validate` does not pay for heavy imports of stages it does not use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+
+SOURCES = {
+    "wikimedia-dump": "stages.source_wikimedia:WikimediaDumpSource",
+    "local": "stages.source_local:LocalSource",
+    "http": "stages.source_http:HttpSource",
+    "hf": "stages.source_hf:HFSource",
+}
+
+STAGES = {
+    "wikitext_extract": "stages.wikitext_extract:WikitextExtract",
+    "concat": "stages.concat:Concat",
+}
+
+
+@lru_cache(maxsize=None)
+def _load(ref: str):
+    module, cls = ref.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def source_kinds() -> list[str]:
+    return list(SOURCES)
+
+
+def stage_names() -> list[str]:
+    return list(STAGES)
+
+
+def get_source_class(kind: str):
+    return _load(SOURCES[kind])
+
+
+def get_stage_class(name: str):
+    return _load(STAGES[name])
