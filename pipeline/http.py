@@ -206,7 +206,7 @@ def download(
             total = int(resp.headers["Content-Length"]) if "Content-Length" in resp.headers else None
         try:
             with open(part, mode) as fh:
-                for chunk in resp.iter_content(CHUNK):
+                for chunk in resp.iter_content(1 << 16):  # small reads: a dropped connection loses little
                     fh.write(chunk)
                     have += len(chunk)
                     if on_progress:

@@ -50,7 +50,7 @@ def validate_spdx(value: str) -> str:
 class SourceConfig(BaseModel):
     """Fields every source has, whatever its kind. Each kind subclasses this with its location fields."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
     name: str = Field(pattern=NAME_RE)
     kind: str
@@ -71,7 +71,7 @@ class SourceConfig(BaseModel):
 
 
 class StageSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
     name: str = Field(pattern=NAME_RE)
     stage: str
@@ -80,7 +80,7 @@ class StageSpec(BaseModel):
 
 
 class ManifestModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
     name: str = Field(pattern=NAME_RE)
     description: str = ""

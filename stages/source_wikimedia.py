@@ -40,7 +40,7 @@ class WikimediaDumpConfig(SourceConfig):
     max_pages: int | None = Field(default=None, gt=0)
     streams_per_partition: int = Field(default=10, gt=0)
 
-    @field_validator("date")
+    @field_validator("date", mode="before")
     @classmethod
     def _date(cls, value: str) -> str:
         value = str(value)
@@ -112,19 +112,20 @@ class WikimediaDumpSource(SourceStage):
 
     def _list_dates(self, base: str) -> list[str]:
         dates: set[str] = set()
+        errors = []
         try:
             dates.update(re.findall(r'href="(?:\./)?(\d{8})/?"', http.get_text(base + "/")))
-        except SourceError:
-            pass
+        except SourceError as exc:
+            errors.append(exc.what)
         if not dates:  # no directory listing: the latest/ RSS names the current date
             rss = f"{base}/latest/{self.params.wiki}-latest-pages-articles-multistream.xml.bz2-rss.xml"
             try:
                 dates.update(re.findall(r"/(\d{8})(?:/|<)", http.get_text(rss)))
-            except SourceError:
-                pass
+            except SourceError as exc:
+                errors.append(exc.what)
         if not dates:
             raise SourceError(
-                f"cannot list the dump dates of {self.params.wiki}",
+                f"cannot list the dump dates of {self.params.wiki}" + (f" ({errors[0]})" if errors else ""),
                 where=http.redact_url(base + "/"),
                 hint="check the mirror URL and the wiki name (e.g. zhwiki), or give an explicit date",
             )
