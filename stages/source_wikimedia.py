@@ -56,6 +56,10 @@ class WikimediaDumpConfig(SourceConfig):
         return value.rstrip("/")
 
 
+def _lists_combined(job: dict, wiki: str, date: str) -> bool:
+    return f"{wiki}-{date}-pages-articles-multistream.xml.bz2" in (job.get("files") or {})
+
+
 def parse_sums(text: str) -> dict[str, str]:
     sums = {}
     for line in text.splitlines():
@@ -93,9 +97,15 @@ class WikimediaDumpSource(SourceStage):
                     ) from None
                 checked.append(f"{date} (no dumpstatus.json)")
                 continue
-            job = (status.get("jobs") or {}).get(JOB) or {}
+            jobs = status.get("jobs") or {}
+            job = jobs.get(JOB) or {}
             state = job.get("status", "missing")
             if state == "done":
+                # Big wikis list split parts under the multistream job and the recombined
+                # single file under a separate job; use that one when it is finished too.
+                recombined = jobs.get(JOB + "recombine") or {}
+                if not _lists_combined(job, cfg.wiki, date) and recombined.get("status") == "done":
+                    job = {**job, "files": {**(job.get("files") or {}), **(recombined.get("files") or {})}}
                 return self._pin(base, date, job)
             checked.append(f"{date} ({state})")
             if cfg.date != "latest":

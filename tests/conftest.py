@@ -35,3 +35,7 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *args], cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+# Loopback servers must never be reached through a proxy configured in the environment.
+for _var in ("NO_PROXY", "no_proxy"):
+    os.environ[_var] = ",".join(filter(None, [os.environ.get(_var, ""), "127.0.0.1", "localhost"]))

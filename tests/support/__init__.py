@@ -1,0 +1,1 @@
+"""Test-only support code: a loopback HTTP mirror and Wikimedia dump fixtures."""
