@@ -7,7 +7,6 @@ A token, when needed, comes from the environment (HF_TOKEN) and is never recorde
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
 

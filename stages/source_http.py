@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from pipeline import http
-from pipeline.errors import ManifestError
 from pipeline.stage import NodeContext, RunContext, SourceStage
 from stages.source_local import RecordFields, read_files
 

@@ -11,7 +11,6 @@ streams per partition. The output is one row per page with its raw wikitext; the
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Literal
