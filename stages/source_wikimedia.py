@@ -206,13 +206,19 @@ class WikimediaDumpSource(SourceStage):
             for key in ("index", "xml"):
                 records.append(self._download(urls[key], cache / ident[key]["name"], ident[key], ctx))
             xml_path = Path(records[1].path)
-            texts = mx.iter_text(mx.iter_compressed(Path(records[0].path)))
-            entries = list(mx.iter_index_entries(texts))
+            # Keep only the distinct stream offsets: the full zhwiki index has millions of titles.
+            offsets, n_pages = [], 0
+            for offset, _, _ in mx.iter_index_entries(mx.iter_text(mx.iter_compressed(Path(records[0].path)))):
+                n_pages += 1
+                if not offsets or offset != offsets[-1]:
+                    offsets.append(offset)
             allowed = None
             file_size = xml_path.stat().st_size
-        if not entries:
+        if cfg.max_pages:
+            offsets, n_pages = [e[0] for e in entries], len(entries)
+        if not n_pages:
             raise SourceError("the multistream index lists no pages", where=http.redact_url(urls["index"]))
-        ranges = mx.stream_ranges([e[0] for e in entries], file_size)
+        ranges = mx.stream_ranges(offsets, file_size)
         header = mx.read_header(xml_path, ranges[0][0])
         base = header.get("article_base") or mx.wiki_article_base(cfg.wiki)
         groups = [ranges[i : i + cfg.streams_per_partition] for i in range(0, len(ranges), cfg.streams_per_partition)]
@@ -223,7 +229,7 @@ class WikimediaDumpSource(SourceStage):
         ctx.run_tasks(parse_dump_task, tasks, desc="parse streams")
         ctx.provenance["downloads"] = [r.to_json() for r in records]
         ctx.provenance["siteinfo"] = {k: v for k, v in header.items() if k != "namespaces"}
-        return {"index_pages": len(entries), "streams": len(ranges), "partitions": len(groups)}
+        return {"index_pages": n_pages, "streams": len(ranges), "partitions": len(groups)}
 
     def _download(self, url: str, dest: Path, meta: dict, ctx: NodeContext) -> http.DownloadRecord:
         expected = {a: meta[a] for a in ("md5", "sha1") if meta.get(a)}

@@ -265,3 +265,77 @@ def test_malformed_page_is_recorded_not_lost(tmp_path):
     assert [(r["id"], r["reason"]) for r in ledger] == [("zhwiki/2", "parse:malformed-XML")]
     stats = json.loads((out / "stages" / "w" / "stats.json").read_text())
     assert stats["in"] == 3 and stats["out"] == 2 and stats["removed"] == 1
+
+
+# ---- the real dump samples in ../shared -------------------------------------------------
+
+
+def _mirror_from_real_dump(root: Path, shared: Path, date: str = "20240101") -> dict:
+    """Serve the real enwiki multistream sample + index under a dumps.wikimedia.org layout."""
+    import hashlib
+    import shutil
+
+    src = shared / "corpora" / "wikidumps"
+    d = root / "enwiki" / date
+    d.mkdir(parents=True)
+    names = {
+        "xml": f"enwiki-{date}-pages-articles-multistream.xml.bz2",
+        "index": f"enwiki-{date}-pages-articles-multistream-index.txt.bz2",
+    }
+    shutil.copy(src / "enwiki-sample-multistream.xml.bz2", d / names["xml"])
+    shutil.copy(src / "enwiki-sample-multistream-index.txt.bz2", d / names["index"])
+    files, md5s, sha1s = {}, [], []
+    for name in names.values():
+        data = (d / name).read_bytes()
+        md5, sha1 = hashlib.md5(data).hexdigest(), hashlib.sha1(data).hexdigest()
+        files[name] = {"size": len(data), "url": f"/enwiki/{date}/{name}", "md5": md5, "sha1": sha1}
+        md5s.append(f"{md5}  {name}")
+        sha1s.append(f"{sha1}  {name}")
+    (d / f"enwiki-{date}-md5sums.txt").write_text("\n".join(md5s) + "\n")
+    (d / f"enwiki-{date}-sha1sums.txt").write_text("\n".join(sha1s) + "\n")
+    (d / "dumpstatus.json").write_text(json.dumps({"jobs": {"articlesmultistreamdump": {"status": "done", "files": files}}, "version": "0.8"}))
+    return names
+
+
+def test_real_enwiki_multistream_sample_and_full(tmp_path, shared_dir):
+    names = _mirror_from_real_dump(tmp_path / "mirror", shared_dir)
+    with MirrorServer(tmp_path / "mirror") as server:
+        common = ["--no-progress", "--set", f"sources.zhwiki.mirror={server.url}", "--set", "sources.zhwiki.wiki=enwiki", "--set", "stages.extract.params.variant=zh-hans"]
+        env = {"GRIST_CACHE": str(tmp_path / "cache")}
+        proc = run_cli("run", str(MANIFEST), "--out", str(tmp_path / "sample"), "--set", "sources.zhwiki.max_pages=50", *common, env=env)
+        assert proc.returncode == 0, proc.stderr
+        sent = server.bytes_sent(names["xml"])
+        assert 0 < sent < (tmp_path / "mirror" / "enwiki" / "20240101" / names["xml"]).stat().st_size * 0.5
+        assert all(r["range"] for r in server.requests if r["path"].endswith(".bz2"))
+        proc = run_cli("run", str(MANIFEST), "--out", str(tmp_path / "full"), *common, env=env)
+        assert proc.returncode == 0, proc.stderr
+    sample = datasets.load_from_disk(str(tmp_path / "sample" / "data"))
+    full = datasets.load_from_disk(str(tmp_path / "full" / "data"))
+    assert 0 < sample.num_rows < full.num_rows == 106
+    assert set(sample["id"]) <= set(full["id"])
+    assert full[0]["url"].startswith("https://en.wikipedia.org/wiki/")
+    assert sum(any(m in t for m in LEFTOVERS) for t in full["text"]) / full.num_rows < 0.005
+
+
+def _local_manifest(tmp_path: Path, path: Path) -> Path:
+    m = tmp_path / "m.yaml"
+    m.write_text(f"name: t\nsources:\n  - {{name: w, kind: local, paths: ['{path}'], license: CC-BY-SA-4.0}}\nstages:\n  - {{name: extract, stage: wikitext_extract}}\n", encoding="utf-8")
+    return m
+
+
+def test_real_utf16_dump_and_truncated_xml(tmp_path, shared_dir):
+    dumps = shared_dir / "corpora" / "wikidumps"
+    out = tmp_path / "bg"
+    proc = run_cli("run", str(_local_manifest(tmp_path, dumps / "bgwiki-utf16-shortened.xml.bz2")), "--out", str(out), env={"GRIST_CACHE": str(tmp_path / "c")})
+    assert proc.returncode == 0, proc.stderr
+    bg = datasets.load_from_disk(str(out / "data"))
+    assert bg.num_rows >= 1 and all(any("\u0400" <= ch <= "\u04ff" for ch in t) for t in bg["text"])
+    assert all(i.startswith("bgwiki/") for i in bg["id"])
+
+    out = tmp_path / "ja"
+    proc = run_cli("run", str(_local_manifest(tmp_path, dumps / "jawiki-truncated-100k.xml.xz")), "--out", str(out), env={"GRIST_CACHE": str(tmp_path / "c")})
+    assert proc.returncode == 0, proc.stderr
+    ledger = pq.read_table(out / "stages" / "w" / "removed").to_pylist()
+    assert [r["reason"] for r in ledger] == ["parse:truncated-page (no </page>)"], "the cut-off last page is recorded"
+    ja = datasets.load_from_disk(str(out / "data"))
+    assert ja.num_rows > 100 and all(u.startswith("https://ja.wikipedia.org/wiki/") for u in ja["url"])
