@@ -19,6 +19,10 @@ SOURCES = {
 STAGES = {
     "wikitext_extract": "stages.wikitext_extract:WikitextExtract",
     "concat": "stages.concat:Concat",
+    "clean": "stages.clean:Clean",
+    "lid_filter": "stages.lid_filter:LidFilter",
+    "quality_filter": "stages.quality_filter:QualityFilter",
+    "dedup": "stages.dedup:Dedup",
 }
 
 
