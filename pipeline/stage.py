@@ -13,6 +13,7 @@ a Dask cluster.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
@@ -108,32 +109,37 @@ class NodeContext:
     def removed_path(self, index: int) -> Path:
         return self.dir / "removed" / storage.part_name(index)
 
-    def run_tasks(self, fn: Callable[..., dict], tasks: list[tuple], desc: str) -> list[dict]:
+    def run_tasks(self, fn: Callable[..., dict], tasks: list[tuple], desc: str, phase: str | None = None) -> list[dict]:
         """Run ``fn(*args)`` for each task, in parallel, resuming: a task whose stats file
         exists (written only after its parts) is not run again. Task ``i`` writes part ``i``.
-        Returns each task's stats dict, in task order."""
+        Returns each task's stats dict, in task order.
+
+        Multi-phase stages (dedup, tokenizer training) name their intermediate phases:
+        ``phase="signatures"`` keeps its own resume markers, and only the unnamed (final)
+        phase's stats become the node's document counts."""
         results: list[dict | None] = [None] * len(tasks)
+        prefix = f"{phase}-" if phase else ""
         todo = []
         for i, args in enumerate(tasks):
-            marker = self.dir / "_tasks" / f"part-{i:05d}.json"
+            marker = self.dir / "_tasks" / f"{prefix}part-{i:05d}.json"
             if marker.exists():
                 results[i] = storage.read_json(marker)
             else:
                 todo.append((i, args))
         if len(todo) < len(tasks):
             self.run.console.log(f"\\[{self.name}] resuming: {len(tasks) - len(todo)} of {len(tasks)} partitions already done")
-        calls = [(_task_entry, (fn, str(self.dir), i, args)) for i, args in todo]
+        calls = [(_task_entry, (fn, str(self.dir), i, args, prefix)) for i, args in todo]
         for i, stats in self.executor.map(calls, desc=f"{self.name}: {desc}", progress=self.run.progress):
             results[todo[i][0]] = stats
         return results  # type: ignore[return-value]
 
 
-def _task_entry(fn: Callable[..., dict], node_dir: str, index: int, args: tuple) -> dict:
+def _task_entry(fn: Callable[..., dict], node_dir: str, index: int, args: tuple, prefix: str = "") -> dict:
     stats = fn(*args)
     if not isinstance(stats, dict):
         raise StageError(f"task function {fn.__name__} returned {type(stats).__name__}, expected a stats dict")
-    check_accounting(stats, f"{Path(node_dir).name} partition {index}")
-    storage.atomic_write_json(Path(node_dir) / "_tasks" / f"part-{index:05d}.json", stats)
+    check_accounting(stats, f"{Path(node_dir).name} {prefix}partition {index}")
+    storage.atomic_write_json(Path(node_dir) / "_tasks" / f"{prefix}part-{index:05d}.json", stats)
     return stats
 
 
@@ -210,7 +216,12 @@ class MapStage(Stage):
         """Return (kept rows, removed rows in REMOVED_SCHEMA or None)."""
         raise NotImplementedError
 
+    def provenance(self) -> dict:
+        """Facts for provenance.json (models used and their licenses, configs). Override as needed."""
+        return {}
+
     def run(self, ctx: NodeContext) -> dict:
+        ctx.provenance.update(self.provenance())
         tasks = []
         for inp in ctx.inputs:
             for part in inp.parts:
@@ -219,11 +230,17 @@ class MapStage(Stage):
         return {}
 
 
-def _map_task(stage_name: str, params: dict, node: str, in_path: str, out_path: str, removed_path: str) -> dict:
+@functools.lru_cache(maxsize=8)
+def _stage_instance(stage_name: str, params_json: str, node: str) -> "MapStage":
+    """One stage object per worker process and configuration, so models load once, not per partition."""
     from stages import get_stage_class
 
     cls = get_stage_class(stage_name)
-    stage = cls(cls.Params.model_validate(params), node)
+    return cls(cls.Params.model_validate(json.loads(params_json)), node)
+
+
+def _map_task(stage_name: str, params: dict, node: str, in_path: str, out_path: str, removed_path: str) -> dict:
+    stage = _stage_instance(stage_name, json.dumps(params, sort_keys=True), node)
     table = storage.read_parquet(Path(in_path))
     kept, removed = stage.process(table)
     if removed is None:
