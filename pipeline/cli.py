@@ -78,5 +78,46 @@ def run(
     )
 
 
+@app.command()
+def inspect(
+    out: Path = typer.Argument(..., help="Output directory of a run."),
+    node: Optional[str] = typer.Option(None, "--node", help="Only this node."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Show sampled documents removed for reasons starting with this."),
+    samples: int = typer.Option(5, "--samples", help="How many removed documents to show."),
+    chars: int = typer.Option(200, "--chars", help="Characters of text shown per sample."),
+) -> None:
+    """Removal counts by node and reason, and samples of removed documents with their signals."""
+    from rich.table import Table
+
+    from pipeline import inspect as ins
+
+    out_console = Console()
+    try:
+        funnel = ins.funnel(out)
+        counts = ins.reason_counts(out, node)
+        picked = ins.samples(out, node, reason, samples) if reason else None
+    except PipelineError as exc:
+        _fail(exc)
+    table = Table(title=f"funnel: {out}")
+    for col in ("node", "in", "out", "removed"):
+        table.add_column(col, justify="left" if col == "node" else "right")
+    for row in funnel:
+        if node is None or row["node"] == node:
+            table.add_row(row["node"], *(f"{row[c]:,}" if isinstance(row[c], int) else "-" for c in ("in", "out", "removed")))
+    out_console.print(table)
+    table = Table(title="removed by reason")
+    for col in ("node", "reason", "documents"):
+        table.add_column(col, justify="right" if col == "documents" else "left")
+    for row in counts.iter_rows(named=True):
+        table.add_row(row["node"], _escape(row["reason"]), f"{row['documents']:,}")
+    out_console.print(table)
+    if picked is not None:
+        for row in picked.iter_rows(named=True):
+            out_console.rule(_escape(f"{row['id']}  {row['title'] or ''}  [{row['node']}] {row['reason']}"))
+            out_console.print(_escape(f"signals: {row['signals']}"), highlight=False)
+            text = (row["text"] or "").replace("\n", " ")
+            out_console.print(_escape(text[:chars] + ("…" if len(text) > chars else "")), highlight=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -212,8 +212,8 @@ class SourceStage(Stage):
 class MapStage(Stage):
     """A stage that maps each input partition to one output partition independently."""
 
-    def process(self, table: pa.Table) -> tuple[pa.Table, pa.Table | None]:
-        """Return (kept rows, removed rows in REMOVED_SCHEMA or None)."""
+    def process(self, table: pa.Table) -> tuple:
+        """Return (kept rows, removed rows in REMOVED_SCHEMA or None[, extra stats dict])."""
         raise NotImplementedError
 
     def provenance(self) -> dict:
@@ -242,12 +242,14 @@ def _stage_instance(stage_name: str, params_json: str, node: str) -> "MapStage":
 def _map_task(stage_name: str, params: dict, node: str, in_path: str, out_path: str, removed_path: str) -> dict:
     stage = _stage_instance(stage_name, json.dumps(params, sort_keys=True), node)
     table = storage.read_parquet(Path(in_path))
-    kept, removed = stage.process(table)
+    result = stage.process(table)
+    kept, removed = result[0], result[1]
+    extra = result[2] if len(result) > 2 else {}  # stage-specific counters, summed over partitions
     if removed is None:
         removed = REMOVED_SCHEMA.empty_table()
     storage.write_parquet(kept, Path(out_path))
     storage.write_parquet(removed, Path(removed_path))
-    return doc_stats(table.num_rows, kept, removed)
+    return {**extra, **doc_stats(table.num_rows, kept, removed)}
 
 
 def doc_stats(n_in: int, kept: pa.Table, removed: pa.Table) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import bz2
 from collections import Counter
 import hashlib
+import html
 import json
 import random
 import re
@@ -42,6 +43,7 @@ __all__ = [
     "write_multistream",
     "build_pages",
     "build_mirror",
+    "build_curation_pages",
     "split_sentences",
     "default_articles_dir",
 ]
@@ -1170,3 +1172,105 @@ def build_mirror(
         rss_path=rss_path,
         latest_dir=latest,
     )
+
+
+# ---- pages for the curation stages: foreign languages, Traditional copies, near-duplicates ----
+
+_SYNTH_EN = [
+    "The river flows through the valley and reaches the sea after three hundred kilometres. "
+    "Farmers along its banks grow rice and wheat, and the town at its mouth is known for its harbour. "
+    "In the nineteenth century a railway was built along the northern bank, which changed the economy of the region.",
+    "A library is a collection of books and other materials that people can borrow or read on site. "
+    "Public libraries are funded by local governments and are open to everyone. "
+    "Many libraries now also lend electronic books and offer free access to the internet.",
+]
+_SYNTH_JA = [
+    "東京は日本の首都であり、世界でも有数の大都市である。江戸時代には江戸と呼ばれ、徳川幕府が置かれた。"
+    "明治維新の後に東京と改称され、現在では政治と経済の中心となっている。",
+    "富士山は静岡県と山梨県にまたがる活火山で、標高は三千七百七十六メートルである。"
+    "日本の最高峰であり、古くから信仰の対象とされてきた。二〇一三年には世界文化遺産に登録された。",
+]
+
+
+def _foreign_texts(shared_root: Path | None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(title, wikitext) of real English and Japanese articles when ../shared is present."""
+    import bz2
+    import lzma
+    import re as _re
+
+    en: list[tuple[str, str]] = []
+    ja: list[tuple[str, str]] = []
+    dumps = Path(shared_root) / "corpora" / "wikidumps" if shared_root else None
+    page_re = _re.compile(r"<page>\s*<title>([^<]*)</title>\s*<ns>0</ns>((?:(?!</page>).)*)</page>", _re.S)
+    text_re = _re.compile(r"<text[^>]*>(.*?)</text>", _re.S)
+    if dumps and (dumps / "enwiki-sample-multistream.xml.bz2").exists():
+        raw = bz2.open(dumps / "enwiki-sample-multistream.xml.bz2", "rt", encoding="utf-8").read()
+        for m in page_re.finditer(raw):
+            t = text_re.search(m.group(2))
+            if t and "<redirect" not in m.group(2) and 3000 < len(t.group(1)) < 30000:
+                en.append((html.unescape(m.group(1)), html.unescape(t.group(1))))
+            if len(en) == 3:
+                break
+    if dumps and (dumps / "jawiki-truncated-100k.xml.xz").exists():
+        raw = lzma.open(dumps / "jawiki-truncated-100k.xml.xz", "rt", encoding="utf-8").read(6_000_000)
+        for m in page_re.finditer(raw):
+            t = text_re.search(m.group(2))
+            if t and "<redirect" not in m.group(2) and 2000 < len(t.group(1)) < 30000:
+                ja.append((html.unescape(m.group(1)), html.unescape(t.group(1))))
+            if len(ja) == 3:
+                break
+    if not en:
+        en = [(f"English article {i}", text) for i, text in enumerate(_SYNTH_EN)]
+    if not ja:
+        ja = [(f"日本語の記事{i}", text) for i, text in enumerate(_SYNTH_JA)]
+    return en, ja
+
+
+def _near_dup_edit(text: str, rng: random.Random) -> str:
+    """A few character substitutions in prose, one deleted sentence, one appended line."""
+    chars = list(text)
+    prose = [i for i, ch in enumerate(chars) if "\u4e00" <= ch <= "\u9fff"]
+    for i in rng.sample(prose, min(3, len(prose))):
+        chars[i] = rng.choice("之其而以于乃")
+    out = "".join(chars)
+    sentences = [m.end() for m in re.finditer("。", out)]
+    if len(sentences) > 6:
+        k = rng.randrange(2, len(sentences) - 2)
+        out = out[: sentences[k - 1]] + out[sentences[k] :]
+    return out + "\n\n本文内容由网友整理转载。\n"
+
+
+def build_curation_pages(pages: list[Page], expected: list[dict], shared_root: Path | None, *, seed: int = 0, n_copies: int = 4):
+    """Add what the curation stages must remove: English and Japanese articles, Traditional-script
+    copies (OpenCC s2t) and near-duplicate copies of Chinese articles, with ids after every original.
+
+    Returns ``(pages, roles)`` with roles = {"foreign": {page_id: lang}, "traditional": [(orig_id, copy_id)],
+    "near_dup": [(orig_id, copy_id)]}.
+    """
+    import opencc
+
+    rng = random.Random(f"curation-{seed}")
+    s2t = opencc.OpenCC("s2t.json")
+    by_id = {p.page_id: p for p in pages}
+    articles = [by_id[e["page_id"]] for e in expected if len(by_id[e["page_id"]].text) > 1500]
+    picked = rng.sample(articles, min(2 * n_copies, len(articles)))
+    next_id = max(p.page_id for p in pages) + 100
+    out = list(pages)
+    roles: dict = {"foreign": {}, "traditional": [], "near_dup": []}
+    en, ja = _foreign_texts(shared_root)
+    for lang, items in (("en", en), ("ja", ja)):
+        for title, text in items:
+            out.append(Page(title=f"{title} ({lang})", ns=0, page_id=next_id, text=text, rev_id=next_id * 7))
+            roles["foreign"][next_id] = lang
+            next_id += 1
+    for k, orig in enumerate(picked):
+        if k < n_copies:
+            title = s2t.convert(orig.title)
+            title = title if title != orig.title else orig.title + "（繁體）"
+            out.append(Page(title=title, ns=0, page_id=next_id, text=s2t.convert(orig.text), rev_id=next_id * 7))
+            roles["traditional"].append((orig.page_id, next_id))
+        else:
+            out.append(Page(title=orig.title + "（转载）", ns=0, page_id=next_id, text=_near_dup_edit(orig.text, rng), rev_id=next_id * 7))
+            roles["near_dup"].append((orig.page_id, next_id))
+        next_id += 1
+    return out, roles

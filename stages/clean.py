@@ -1,0 +1,159 @@
+"""Stage ``clean``: repair and normalize text without changing what it says.
+
+Order: ftfy (mojibake, broken Unicode) -> Unicode normalization -> whitespace and control
+characters -> leftover boilerplate lines -> OpenCC script conversion (e.g. ``t2s``) ->
+optional PII redaction. Everything but ftfy and OpenCC is a vectorized Arrow expression;
+ftfy only sees documents that contain a character mojibake is made of.
+
+Defaults are conservative for Chinese: NFC (NFKC would turn full-width ``，`` into ``,``:
+the dedup stage applies NFKC to its key instead), curly quotes kept, full-width kept.
+Documents that end up empty go to the ledger as ``clean:empty``.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.stage import MapStage, removed_rows
+
+# Characters mojibake and broken encodings are made of; documents without any skip ftfy.
+MOJIBAKE_HINT = r"[\x{80}-\x{ff}\x{100}-\x{17f}\x{2018}-\x{203a}\x{fffd}\x{1b}]|&(?:[a-zA-Z]{2,8}|#\d{2,6}|#x[0-9a-fA-F]{2,5});"
+
+WHITESPACE_RULES = [
+    (r"\r\n?", "\n"),
+    (r"[\x{00}-\x{08}\x{0b}\x{0c}\x{0e}-\x{1f}\x{7f}]", ""),  # control characters (keeps \t \n)
+    (r"[\x{200b}\x{200c}\x{2060}\x{feff}]", ""),  # zero-width characters (ZWJ kept: emoji)
+    (r"[\t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]", " "),  # exotic spaces
+    (r" {2,}", " "),
+    (r"(?m)^ +| +$", ""),
+    (r"\n{3,}", "\n\n"),
+]
+
+# Lines that are page furniture, not content (matched as whole lines, case-insensitive).
+DEFAULT_BOILERPLATE = [
+    r"[\p{P}\p{S}\s]+",  # lines of only punctuation / symbols
+    r"(?i)retrieved from .*",
+    r"(?i)this article is a stub.*",
+    r"(?i)(all rights reserved|copyright ©).*",
+    r"(?i)(cookie|cookies) (policy|settings|preferences).*",
+    r"(?i)jump to (navigation|search).*",
+    r"本条目是一[篇个].*(小作品|小条目).*",
+    r"本條目是一[篇個].*(小作品|小條目).*",
+    r"(版权所有|版權所有|保留所有权利|保留所有權利).*",
+    r"\[?(编辑|編輯|edit)\]?",
+]
+
+PII_PATTERNS: dict[str, tuple[str, str]] = {
+    # type: (RE2 pattern, replacement). Order matters: ID numbers before phone numbers.
+    "email": (r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", "<EMAIL>"),
+    "cn_id": (r"\b[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx]\b", "<CN_ID>"),
+    "ip": (r"\b(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\b|\b(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\b", "<IP>"),
+    "phone": (
+        r"(?:\+?86[ -]?)?\b1[3-9]\d[ -]?\d{4}[ -]?\d{4}\b"  # mainland mobile, optionally +86 and grouped 3-4-4
+        r"|\b0\d{2,3}-\d{7,8}\b"  # mainland landline with area code
+        r"|\+\d{1,3}[ -]?\(?\d{1,4}\)?(?:[ -]?\d{2,4}){2,4}\b"  # international
+        r"|\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b",  # North American
+        "<PHONE>",
+    ),
+}
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    fix_unicode: bool = Field(True, description="repair mojibake and broken Unicode with ftfy")
+    normalization: Literal["NFC", "NFKC", "NFD", "NFKD", "none"] = "NFC"
+    whitespace: bool = True
+    boilerplate: bool = True
+    boilerplate_patterns: list[str] | None = Field(None, description="whole-line RE2 patterns (default: DEFAULT_BOILERPLATE)")
+    opencc: str | None = Field(None, description="OpenCC config, e.g. t2s, tw2s, hk2s (None: no conversion)")
+    pii: bool = False
+    pii_types: list[Literal["email", "phone", "ip", "cn_id"]] = Field(default_factory=lambda: ["email", "phone", "ip", "cn_id"])
+    min_chars: int = Field(1, ge=0)
+
+
+class Clean(MapStage):
+    name = "clean"
+    version = "1"
+    Params = Params
+
+    @cached_property
+    def _opencc(self):
+        import opencc
+
+        config = self.params.opencc
+        return opencc.OpenCC(config if config.endswith(".json") else f"{config}.json")
+
+    @cached_property
+    def _ftfy_config(self):
+        from ftfy import TextFixerConfig
+
+        return TextFixerConfig(uncurl_quotes=False, fix_character_width=False, fix_latin_ligatures=False, normalization=None, explain=False)
+
+    def provenance(self) -> dict:
+        from importlib import metadata
+
+        out = {"normalization": self.params.normalization, "pii": self.params.pii}
+        if self.params.opencc:
+            out["opencc"] = {"config": self.params.opencc, "package": "opencc", "version": metadata.version("opencc"), "license": "Apache-2.0"}
+        if self.params.fix_unicode:
+            out["ftfy"] = {"version": metadata.version("ftfy"), "config": "uncurl_quotes=False, fix_character_width=False, fix_latin_ligatures=False"}
+        return out
+
+    def process(self, table: pa.Table):
+        p: Params = self.params
+        text = table["text"].combine_chunks() if table.num_rows else pa.array([], pa.string())
+        stats: dict[str, int] = {}
+        if p.fix_unicode and len(text):
+            text, stats["ftfy_changed"] = self._fix(text)
+        if p.normalization != "none" and len(text):
+            text = pc.utf8_normalize(text, p.normalization)
+        if p.whitespace:
+            for pattern, repl in WHITESPACE_RULES:
+                text = pc.replace_substring_regex(text, pattern, repl)
+        if p.boilerplate:
+            patterns = p.boilerplate_patterns if p.boilerplate_patterns is not None else DEFAULT_BOILERPLATE
+            if patterns:
+                line_re = "(?m)^(?:" + "|".join(f"(?:{x})" for x in patterns) + ")$\n?"
+                before = pc.sum(pc.utf8_length(text)).as_py() or 0
+                text = pc.replace_substring_regex(text, line_re, "")
+                stats["boilerplate_chars_removed"] = before - (pc.sum(pc.utf8_length(text)).as_py() or 0)
+        if p.opencc and len(text):
+            values = text.to_pylist()
+            converted = [self._opencc.convert(t) if t else t for t in values]
+            stats["opencc_changed"] = sum(a != b for a, b in zip(values, converted))
+            text = pa.array(converted, pa.string())
+        if p.pii:
+            for kind in ("email", "cn_id", "ip", "phone"):
+                if kind in p.pii_types:
+                    pattern, repl = PII_PATTERNS[kind]
+                    stats[f"pii_{kind}"] = int(pc.sum(pc.count_substring_regex(text, pattern)).as_py() or 0)
+                    text = pc.replace_substring_regex(text, pattern, repl)
+        if p.whitespace or p.boilerplate:
+            text = pc.utf8_trim_whitespace(text)
+        table = table.set_column(table.schema.get_field_index("text"), "text", text)
+        keep = pc.greater_equal(pc.utf8_length(text), p.min_chars)
+        dropped = table.filter(pc.invert(keep))
+        removed = removed_rows(dropped, self.node, ["clean:empty"] * dropped.num_rows, [{"chars": 0}] * dropped.num_rows)
+        return table.filter(keep), removed, {"clean": stats}
+
+    def _fix(self, text: pa.Array) -> tuple[pa.Array, int]:
+        import ftfy
+
+        suspicious = pc.match_substring_regex(text, MOJIBAKE_HINT)
+        if not pc.any(suspicious).as_py():
+            return text, 0
+        values = text.to_pylist()
+        changed = 0
+        for i, flag in enumerate(suspicious.to_pylist()):
+            if flag and values[i]:
+                fixed = ftfy.fix_text(values[i], config=self._ftfy_config)
+                if fixed != values[i]:
+                    values[i] = fixed
+                    changed += 1
+        return pa.array(values, pa.string()), changed
