@@ -21,8 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.stage import MapStage, removed_rows
 
-# Characters mojibake and broken encodings are made of; documents without any skip ftfy.
-MOJIBAKE_HINT = r"[\x{80}-\x{ff}\x{100}-\x{17f}\x{2018}-\x{203a}\x{fffd}\x{1b}]|&(?:[a-zA-Z]{2,8}|#\d{2,6}|#x[0-9a-fA-F]{2,5});"
+# UTF-8 read as Latin-1/cp1252 shows a lead byte (Â Ã … ô) followed by a continuation-byte
+# character; plus replacement characters, C1 controls, escapes and HTML entities. Only documents
+# matching this go through ftfy (the slow part), the rest are already fine.
+_CP1252_CONT = r"\x{80}-\x{bf}\x{152}\x{153}\x{160}\x{161}\x{178}\x{17d}\x{17e}\x{192}\x{2c6}\x{2dc}\x{2013}\x{2014}\x{2018}-\x{201e}\x{2020}-\x{2022}\x{2026}\x{2030}\x{2039}\x{203a}\x{20ac}\x{2122}"
+MOJIBAKE_HINT = rf"[\x{{c2}}-\x{{f4}}][{_CP1252_CONT}]|[\x{{80}}-\x{{9f}}\x{{fffd}}\x{{1b}}]|&(?:[a-zA-Z]{{2,8}}|#\d{{2,6}}|#x[0-9a-fA-F]{{2,5}});"
 
 WHITESPACE_RULES = [
     (r"\r\n?", "\n"),

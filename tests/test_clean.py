@@ -28,6 +28,18 @@ def test_mojibake_is_repaired_and_chinese_punctuation_kept():
     assert stats["ftfy_changed"] == 1
 
 
+@pytest.mark.parametrize(
+    "broken,fixed",
+    [
+        ("â€œquotedâ€\x9d text", "“quoted” text"),
+        ("ç»\\x8fæµ\\x8eå\\xad¦", "经济学"),  # Chinese UTF-8 decoded as Latin-1
+        ("Fish &amp; chips", "Fish & chips"),
+    ],
+)
+def test_typical_mojibake_is_caught_by_the_prefilter(broken, fixed):
+    assert clean([broken])[0] == [fixed]
+
+
 def test_normalization_is_configurable():
     assert clean(["ｆｕｌｌ－ｗｉｄｔｈ ＡＢＣ"], normalization="NFKC")[0] == ["full-width ABC"]
     assert clean(["ｆｕｌｌ"], normalization="NFC")[0] == ["ｆｕｌｌ"]
