@@ -32,7 +32,7 @@ def test_mojibake_is_repaired_and_chinese_punctuation_kept():
     "broken,fixed",
     [
         ("â€œquotedâ€\x9d text", "“quoted” text"),
-        ("ç»\\x8fæµ\\x8eå\\xad¦", "经济学"),  # Chinese UTF-8 decoded as Latin-1
+        ("ç»\x8fæµ\x8eå\xad¦", "经济学"),  # Chinese UTF-8 decoded as Latin-1
         ("Fish &amp; chips", "Fish & chips"),
     ],
 )
