@@ -100,3 +100,26 @@ def export_dataset(parts: list[Path], dest: Path, fingerprint: str, *, info: dic
     storage.remove_tree(dest)
     os.replace(tmp, dest)
     return summary
+
+
+def publish_dir(src: Path, dest: Path, fingerprint: str) -> None:
+    """Make ``dest`` a copy of a node's artifact folder ``src`` (hard links when possible, so a
+    large token directory costs no extra space). Atomic, and skipped when already up to date."""
+    import shutil
+
+    marker = dest / ".grist_publish.json"
+    if marker.exists() and storage.read_json(marker).get("fingerprint") == fingerprint:
+        return
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    storage.remove_tree(tmp)
+
+    def link_or_copy(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, tmp, copy_function=link_or_copy)
+    storage.atomic_write_json(tmp / ".grist_publish.json", {"fingerprint": fingerprint, "from": str(src)})
+    storage.remove_tree(dest)
+    os.replace(tmp, dest)

@@ -23,7 +23,7 @@ from pipeline import storage
 from pipeline.dag import Dag, build_dag
 from pipeline.errors import PipelineError, StageError
 from pipeline.executors import Executor
-from pipeline.export import export_dataset
+from pipeline.export import export_dataset, publish_dir
 from pipeline.provenance import write_lock, write_provenance
 from pipeline.stage import NodeContext, NodeOutput, RunContext, Stage, check_accounting, code_fingerprint, merge_stats
 
@@ -140,6 +140,8 @@ def run_manifest(manifest, out_dir: Path, executor: Executor, console, *, progre
             result.nodes_run.append(name)
             record["skipped"] = False
             console.log(f"\\[{name}] done: {stats.get('in', '?')} in, {stats.get('out', '?')} out, {stats.get('removed', 0)} removed")
+        for sub, target in type(stage).publishes.items():
+            publish_dir(node_dir / sub, out_dir / target, fp)
         outputs[name] = NodeOutput(name=name, dir=node_dir, fingerprint=fp, stats=stats)
         result.stats[name] = stats
         node_records[name] = record

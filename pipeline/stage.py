@@ -190,6 +190,9 @@ class Stage:
     Params: ClassVar[type[BaseModel]] = NoParams
     code_deps: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    # Artifact folders the stage writes inside its node dir, published to the run's output dir:
+    # {"tokens": "tokens"} makes <out>/tokens a copy of <out>/stages/<node>/tokens.
+    publishes: ClassVar[dict[str, str]] = {}
 
     def __init__(self, params: BaseModel, node: str):
         self.params = params
