@@ -23,6 +23,7 @@ STAGES = {
     "lid_filter": "stages.lid_filter:LidFilter",
     "quality_filter": "stages.quality_filter:QualityFilter",
     "dedup": "stages.dedup:Dedup",
+    "tokenize": "stages.tokenize:Tokenize",
 }
 
 

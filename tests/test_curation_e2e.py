@@ -91,3 +91,49 @@ def test_output_is_simplified_chinese(curated):
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["nodes"]["clean"]["provenance"]["opencc"]["config"] == "t2s"
     assert prov["nodes"]["lang"]["provenance"]
+
+
+# ---- issue 4: tokenizer and token shards from the same run ---------------------------------
+
+
+def test_token_shards_round_trip_to_the_curated_documents(curated):
+    import numpy as np
+    import sentencepiece as spm
+
+    out, *_ = curated
+    docs = {r["id"]: r["text"] for r in datasets.load_from_disk(str(out / "data"))}
+    tokens = datasets.load_from_disk(str(out / "tokens"))
+    assert set(tokens.keys()) == {"train", "validation"} and tokens["validation"].num_rows > 0
+    index = json.loads((out / "tokens" / "index.json").read_text())
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer" / "tokenizer.model"))
+    eos = sp.eos_id()
+    seen: dict[str, str] = {}
+    for split in ("train", "validation"):
+        ds = tokens[split]
+        assert ds.features["input_ids"].feature.dtype == "uint16"
+        ids = np.concatenate([np.asarray(r, dtype=np.int64) for r in ds["input_ids"]])
+        assert index["splits"][split]["tokens"] == ids.size and index["splits"][split]["sequences"] == ds.num_rows
+        assert index["documents"][split] == len({d for r in ds["doc_ids"] for d in r})
+        rows = [len(r) for r in ds["input_ids"]]
+        assert all(n == index["seq_len"] for n in rows[:-1])
+        doc_order = [d for r in ds["doc_ids"] for d in r]
+        doc_order = list(dict.fromkeys(doc_order))
+        cuts = np.flatnonzero(ids == eos)
+        pieces = np.split(ids, cuts + 1)[: len(cuts)]
+        assert len(pieces) == len(doc_order)
+        for doc_id, piece in zip(doc_order, pieces):
+            assert doc_id not in seen, f"{doc_id} in two splits"
+            seen[doc_id] = split
+            assert sp.decode(piece[:-1].tolist()) == docs[doc_id]
+    assert set(seen) == set(docs)
+
+
+def test_autotokenizer_agrees_with_sentencepiece(curated):
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    out, *_ = curated
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer" / "tokenizer.model"))
+    hf = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+    for text in datasets.load_from_disk(str(out / "data"))["text"]:
+        assert hf(text, add_special_tokens=False)["input_ids"] == sp.encode(text)

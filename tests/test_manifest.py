@@ -41,7 +41,8 @@ def test_flagship_manifest_validates():
     src = m.source("zhwiki")
     assert src.kind == "wikimedia-dump" and src.date == "latest" and src.languages == ["zh"]
     assert "CC-BY-SA" in src.license and src.license_url and src.attribution
-    assert build_dag(m).order == ["zhwiki", "extract"]
+    assert build_dag(m).order == ["zhwiki", "extract", "clean", "lang", "quality", "dedup", "tokenize"]
+    assert build_dag(m).output == "dedup"
 
 
 def test_invalid_yaml_names_line(tmp_path):
