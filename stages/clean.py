@@ -27,10 +27,19 @@ from pipeline.stage import MapStage, removed_rows
 _CP1252_CONT = r"\x{80}-\x{bf}\x{152}\x{153}\x{160}\x{161}\x{178}\x{17d}\x{17e}\x{192}\x{2c6}\x{2dc}\x{2013}\x{2014}\x{2018}-\x{201e}\x{2020}-\x{2022}\x{2026}\x{2030}\x{2039}\x{203a}\x{20ac}\x{2122}"
 MOJIBAKE_HINT = rf"[\x{{c2}}-\x{{f4}}][{_CP1252_CONT}]|[\x{{80}}-\x{{9f}}\x{{fffd}}\x{{1b}}]|&(?:[a-zA-Z]{{2,8}}|#\d{{2,6}}|#x[0-9a-fA-F]{{2,5}});"
 
-WHITESPACE_RULES = [
-    (r"\r\n?", "\n"),
-    (r"[\x{00}-\x{08}\x{0b}\x{0c}\x{0e}-\x{1f}\x{7f}]", ""),  # control characters (keeps \t \n)
-    (r"[\x{200b}\x{200c}\x{2060}\x{feff}]", ""),  # zero-width characters (ZWJ kept: emoji)
+# "conservative" (default) never touches spaces inside a line, so sentences stay verbatim
+# (tab-separated timelines, non-breaking spaces in names); "collapse" also folds exotic spaces
+# and runs of spaces, for web text.
+WHITESPACE_RULES = {
+    "conservative": [
+        (r"\r\n?", "\n"),
+        (r"[\x{00}-\x{08}\x{0b}\x{0c}\x{0e}-\x{1f}\x{7f}]", ""),  # control characters (keeps \t \n)
+        (r"[\x{200b}\x{200c}\x{2060}\x{feff}]", ""),  # zero-width characters (ZWJ kept: emoji)
+        (r"(?m)[ \t]+$", ""),  # trailing whitespace
+        (r"\n{3,}", "\n\n"),
+    ],
+}
+WHITESPACE_RULES["collapse"] = WHITESPACE_RULES["conservative"][:3] + [
     (r"[\t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]", " "),  # exotic spaces
     (r" {2,}", " "),
     (r"(?m)^ +| +$", ""),
@@ -71,7 +80,9 @@ class Params(BaseModel):
 
     fix_unicode: bool = Field(True, description="repair mojibake and broken Unicode with ftfy")
     normalization: Literal["NFC", "NFKC", "NFD", "NFKD", "none"] = "NFC"
-    whitespace: bool = True
+    whitespace: Literal["conservative", "collapse", "none"] = Field(
+        "conservative", description="conservative: line endings, control and zero-width characters, trailing spaces, blank-line runs; collapse: also folds spaces inside lines"
+    )
     boilerplate: bool = True
     boilerplate_patterns: list[str] | None = Field(None, description="whole-line RE2 patterns (default: DEFAULT_BOILERPLATE)")
     opencc: str | None = Field(None, description="OpenCC config, e.g. t2s, tw2s, hk2s (None: no conversion)")
@@ -116,8 +127,8 @@ class Clean(MapStage):
             text, stats["ftfy_changed"] = self._fix(text)
         if p.normalization != "none" and len(text):
             text = pc.utf8_normalize(text, p.normalization)
-        if p.whitespace:
-            for pattern, repl in WHITESPACE_RULES:
+        if p.whitespace != "none":
+            for pattern, repl in WHITESPACE_RULES[p.whitespace]:
                 text = pc.replace_substring_regex(text, pattern, repl)
         if p.boilerplate:
             patterns = p.boilerplate_patterns if p.boilerplate_patterns is not None else DEFAULT_BOILERPLATE
@@ -137,7 +148,7 @@ class Clean(MapStage):
                     pattern, repl = PII_PATTERNS[kind]
                     stats[f"pii_{kind}"] = int(pc.sum(pc.count_substring_regex(text, pattern)).as_py() or 0)
                     text = pc.replace_substring_regex(text, pattern, repl)
-        if p.whitespace or p.boilerplate:
+        if p.whitespace != "none" or p.boilerplate:
             text = pc.utf8_trim_whitespace(text)
         table = table.set_column(table.schema.get_field_index("text"), "text", text)
         keep = pc.greater_equal(pc.utf8_length(text), p.min_chars)

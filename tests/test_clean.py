@@ -47,8 +47,14 @@ def test_normalization_is_configurable():
 
 
 def test_whitespace_and_control_characters():
-    out, _, _ = clean(["a\r\nb\x00c\u200b d  \t e \n\n\n\nf\u3000g  "])
+    out, _, _ = clean(["a\r\nb\x00c\u200b d  \t e \n\n\n\nf\u3000g  "], whitespace="collapse")
     assert out == ["a\nbc d e\n\nf g"]
+
+
+def test_conservative_whitespace_keeps_sentences_verbatim():
+    text = "公元\t年号\t\t皇帝\n保密协议、\xa0产品激活  加密狗。 \r\n\n\n\n下一段。\x00"
+    out, _, _ = clean([text])
+    assert out == ["公元\t年号\t\t皇帝\n保密协议、\xa0产品激活  加密狗。\n\n下一段。"]
 
 
 def test_boilerplate_lines_removed_and_empty_docs_go_to_ledger():

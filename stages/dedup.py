@@ -1,0 +1,507 @@
+"""Stage ``dedup``: exact and near-duplicate removal across all inputs (a global stage).
+
+Every document gets a *key*: its position in input order (inputs in manifest order, parts in
+name order, rows in file order), ``key = offset of its part + row``. Duplicates are joined into
+clusters and the **kept document of a cluster is the one with the smallest key** -- the first in
+input order -- whatever the number of workers or shards. Kept rows carry ``dup_cluster_id``
+(int64, the kept document's key) and ``dup_cluster_size`` (int32, 1 for a unique document); the
+others go to the ledger as ``dedup:exact dup of <kept id>`` or ``dedup:near dup of <kept id>``.
+
+Phases (``docs/dedup.md`` has the details and the measured figures):
+
+1. ``signatures`` -- one task per input part: normalized exact key (xxh3-128), MinHash signature
+   (``pipeline.minhash``), LSH band hashes. Writes, under ``work/``: the signatures
+   (``sig/``, memory-mapped later), exact keys, document ids (Arrow IPC, random access), and one
+   *bucket record* file per part -- (bucket hash, key) rows sorted by bucket hash, one row per
+   band plus one for the exact key -- so that shard ``s`` (a range of bucket hashes) is a
+   contiguous slice of every part's file.
+2. ``buckets`` -- one task per shard: read the shard's slice of every part, sort by bucket hash
+   (stable, so keys stay ascending within a bucket), link each document to the first document of
+   its bucket (linear in the bucket size, never all pairs); with ``verify`` a near edge is kept
+   only when the signatures' estimated Jaccard reaches ``threshold`` (if the first document
+   fails, the previous one in the bucket is tried), and exact edges compare the full 128-bit key.
+3. ``clusters`` (main process) -- connected components over the edge files, streamed pass by pass,
+   with one array of n_docs labels (4 bytes per document below 2**31 documents); every component
+   is labelled with its smallest key.
+4. final -- one task per input part writes kept rows with the cluster columns and the ledger.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import resource
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline import minhash as mh
+from pipeline import storage
+from pipeline.stage import NodeContext, Stage, removed_rows
+
+RECORDS_PER_SHARD = 2_000_000  # bucket records per shard when ``shards`` is not set (32 MB on disk, ~125 MB peak per task)
+BATCH_ROWS = 4096
+CLUSTER_COLUMNS = ("dup_cluster_id", "dup_cluster_size")
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    exact: bool = Field(True, description="remove exact duplicates of the normalized text")
+    near: bool = Field(True, description="remove near duplicates (MinHash LSH)")
+    ngram: int = Field(3, ge=1, le=64, description="word n-gram size (documents not in character mode)")
+    char_ngram: int = Field(5, ge=1, le=64, description="character n-gram size (CJK and other scripts without spaces)")
+    cjk_char_ngrams: Literal["auto"] | bool = Field("auto", description="character shingles: auto (by script, per document), true (always), false (never)")
+    cjk_min_fraction: float = Field(0.1, ge=0, le=1, description="auto: share of CJK/Thai/... code points that puts a document in character mode")
+    t2s: bool = Field(True, description="fold Traditional to Simplified Chinese in the dedup key (OpenCC t2s, character by character)")
+    num_perm: int = Field(112, ge=1, le=1024, description="MinHash permutations")
+    bands: int | None = Field(None, ge=1, description="LSH bands (default: chosen from threshold)")
+    rows: int | None = Field(None, ge=1, description="rows per band; bands * rows = num_perm")
+    threshold: float = Field(0.7, gt=0, le=1, description="Jaccard similarity of a near duplicate: picks bands/rows, and the verification cut-off")
+    verify: bool = Field(True, description="keep a candidate pair only if its signatures' estimated Jaccard >= threshold")
+    seed: int = Field(42, description="seed of the permutations and band hashes")
+    shards: int | None = Field(None, ge=1, le=65536, description="bucket shards (default: one per 2M bucket records)")
+    batch_chars: int = Field(1_000_000, ge=1000, description="characters hashed per vectorized batch")
+    keep_work: bool = Field(False, description="keep work/ (signatures, buckets, edges) after the node completes")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Params":
+        if not (self.exact or self.near):
+            raise ValueError("at least one of exact and near must be true")
+        if self.bands is not None and self.rows is not None and self.bands * self.rows != self.num_perm:
+            raise ValueError(f"bands * rows = {self.bands * self.rows} must equal num_perm = {self.num_perm}")
+        for given in (self.bands, self.rows):
+            if given is not None and self.num_perm % given:
+                raise ValueError(f"{given} does not divide num_perm = {self.num_perm}")
+        return self
+
+    def lsh_shape(self) -> tuple[int, int]:
+        if self.bands is not None:
+            return self.bands, self.num_perm // self.bands
+        if self.rows is not None:
+            return self.num_perm // self.rows, self.rows
+        # with verification a false candidate costs one signature comparison and is then dropped, while a
+        # missed candidate is lost: take the fewest bands that still catch 95% of the pairs at the threshold
+        if self.verify:
+            shape = mh.recall_bands_rows(self.threshold, self.num_perm, 0.95)
+            if shape is not None:
+                return shape
+            return mh.optimal_bands_rows(self.threshold, self.num_perm, 0.2, 0.8)
+        return mh.optimal_bands_rows(self.threshold, self.num_perm)
+
+
+class Dedup(Stage):
+    name = "dedup"
+    version = "1"
+    Params = Params
+    code_deps = ("pipeline.minhash",)
+    description = "exact and MinHash-LSH near-duplicate removal across all inputs; keeps the first document in input order"
+
+    def run(self, ctx: NodeContext) -> dict:
+        p: Params = self.params
+        bands, rows = p.lsh_shape()
+        cfg = _task_config(p, bands, rows)
+        parts = [str(part) for inp in ctx.inputs for part in inp.parts]
+        counts = [pq.ParquetFile(part).metadata.num_rows for part in parts]
+        offsets = [0]
+        for c in counts:
+            offsets.append(offsets[-1] + c)
+        n_docs = offsets[-1]
+        work = ctx.dir / "work"
+        ctx.provenance["dedup"] = {
+            "kept_document": "smallest key = first in input order (inputs in manifest order, parts by name, rows in order)",
+            "normalization": "NFKC, lower(), " + ("OpenCC t2s per character, " if p.t2s else "") + "whitespace/punctuation/symbols/control removed",
+            "shingles": f"character {p.char_ngram}-grams (CJK/Thai/... documents, {p.cjk_char_ngrams}), word {p.ngram}-grams otherwise",
+            "num_perm": p.num_perm,
+            "bands": bands,
+            "rows": rows,
+            "threshold": p.threshold,
+            "lsh_midpoint": round(mh.lsh_threshold_midpoint(bands, rows), 4),
+            "verify": p.verify,
+        }
+        summary_path = ctx.dir / "_dedup.json"
+        final_done = all((ctx.dir / "_tasks" / f"part-{i:05d}.json").exists() for i in range(len(parts)))
+        if parts and not final_done:
+            sig_stats = ctx.run_tasks(
+                _signature_task, [(parts[i], i, offsets[i], cfg, str(work)) for i in range(len(parts))], desc="signatures", phase="signatures"
+            )
+            records = sum(s["bucket_records"] for s in sig_stats)
+            shards = p.shards or max(1, math.ceil(records / RECORDS_PER_SHARD))
+            bounds = [(s << 64) // shards for s in range(shards)] + [1 << 64]
+            bucket_stats = ctx.run_tasks(
+                _bucket_task,
+                [(s, bounds[s], bounds[s + 1], offsets, cfg, str(work)) for s in range(shards)],
+                desc="buckets",
+                phase="buckets",
+            )
+            cluster_stats = _cluster(work, n_docs, offsets, shards, ctx)
+            summary = {
+                "documents": n_docs,
+                "shards": shards,
+                "bucket_records": records,
+                "candidate_pairs": sum(s["candidates"] for s in bucket_stats),
+                "rejected_pairs": sum(s["rejected"] for s in bucket_stats),
+                "edges": sum(s["edges"] for s in bucket_stats),
+                "largest_bucket": max([s["largest_bucket"] for s in bucket_stats] or [0]),
+                "char_mode_documents": sum(s["char_mode"] for s in sig_stats),
+                "unkeyed_documents": sum(s["empty"] for s in sig_stats),
+                "worker_peak_rss_mb": max([s.get("worker_peak_rss_mb", 0) for s in sig_stats + bucket_stats] or [0]),
+                **cluster_stats,
+            }
+            storage.atomic_write_json(summary_path, summary)
+        tasks = [(parts[i], i, offsets, cfg, self.node, str(ctx.part_path(i)), str(ctx.removed_path(i)), str(work)) for i in range(len(parts))]
+        ctx.run_tasks(_final_task, tasks, desc="write")
+        if not p.keep_work:
+            for marker in (ctx.dir / "_tasks").glob("*-part-*.json"):  # phase markers first: a crash below re-runs phases, never reads half-deleted work
+                marker.unlink()
+            storage.remove_tree(work)
+        summary = storage.read_json(summary_path) if summary_path.exists() else {}
+        return {"dedup": {**summary, "bands": bands, "rows": rows, "num_perm": p.num_perm, "threshold": p.threshold}}
+
+
+def _task_config(p: Params, bands: int, rows: int) -> dict:
+    return {
+        "num_perm": p.num_perm,
+        "bands": bands,
+        "rows": rows,
+        "ngram": p.ngram,
+        "char_ngram": p.char_ngram,
+        "char_mode": {"auto": "auto", True: "always", False: "never"}[p.cjk_char_ngrams],
+        "cjk_min_fraction": p.cjk_min_fraction,
+        "t2s": p.t2s,
+        "seed": p.seed,
+        "exact": p.exact,
+        "near": p.near,
+        "verify": p.verify,
+        "threshold": p.threshold,
+        "batch_chars": p.batch_chars,
+    }
+
+
+@functools.lru_cache(maxsize=4)
+def _hasher(cfg_json: str) -> mh.MinHasher:
+    cfg = json.loads(cfg_json)
+    return mh.MinHasher(
+        mh.MinHashConfig(
+            num_perm=cfg["num_perm"],
+            bands=cfg["bands"],
+            rows=cfg["rows"],
+            ngram=cfg["ngram"],
+            char_ngram=cfg["char_ngram"],
+            char_mode=cfg["char_mode"],
+            cjk_min_fraction=cfg["cjk_min_fraction"],
+            t2s=cfg["t2s"],
+            seed=cfg["seed"],
+        )
+    )
+
+
+# ------------------------------------------------------------------------------------ work files
+def _wpath(work: str | Path, kind: str, index: int, suffix: str) -> Path:
+    return Path(work) / kind / f"part-{index:05d}{suffix}"
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        np.save(fh, arr)
+    os.replace(tmp, path)
+
+
+class _Lookup:
+    """Random access by global key to the per-part work arrays (memory-mapped: only touched pages are read)."""
+
+    def __init__(self, work: str, offsets: list[int]):
+        self.work = work
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self._cache: dict[tuple[str, int], object] = {}
+
+    def _open(self, kind: str, part: int):
+        key = (kind, part)
+        if key not in self._cache:
+            if kind == "ids":
+                with pa.memory_map(str(_wpath(self.work, "ids", part, ".arrow"))) as source:
+                    self._cache[key] = pa.ipc.open_file(source).read_all().column(0)
+            else:
+                self._cache[key] = np.load(_wpath(self.work, kind, part, ".npy"), mmap_mode="r")
+        return self._cache[key]
+
+    def part_of(self, keys: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.offsets, keys, side="right") - 1
+
+    def rows(self, kind: str, keys: np.ndarray) -> np.ndarray:
+        keys = np.asarray(keys, dtype=np.int64)
+        parts = self.part_of(keys)
+        like = self._open(kind, int(parts[0]) if len(keys) else 0)
+        out = np.empty((len(keys),) + like.shape[1:], dtype=like.dtype)
+        for part in np.unique(parts).tolist():
+            sel = parts == part
+            local = keys[sel] - self.offsets[part]
+            order = np.argsort(local, kind="stable")  # sorted reads from the memory map
+            rows = np.asarray(self._open(kind, part)[local[order]])
+            tmp = np.empty_like(rows)
+            tmp[order] = rows
+            out[sel] = tmp
+        return out
+
+    def ids(self, keys: np.ndarray) -> list[str | None]:
+        keys = np.asarray(keys, dtype=np.int64)
+        out: list[str | None] = [None] * len(keys)
+        parts = self.part_of(keys)
+        for part in np.unique(parts).tolist():
+            sel = np.flatnonzero(parts == part)
+            col = self._open("ids", part)
+            vals = col.take(pa.array(keys[sel] - self.offsets[part])).to_pylist()
+            for i, v in zip(sel.tolist(), vals):
+                out[i] = v
+        return out
+
+
+# ------------------------------------------------------------------------------------ phase 1
+def _signature_task(part_path: str, part_index: int, offset: int, cfg: dict, work: str) -> dict:
+    hasher = _hasher(json.dumps(cfg, sort_keys=True))
+    pf = pq.ParquetFile(part_path)
+    n = pf.metadata.num_rows
+    K = cfg["num_perm"]
+    sig_path = _wpath(work, "sig", part_index, ".npy")
+    sig_path.parent.mkdir(parents=True, exist_ok=True)
+    sig_tmp = sig_path.with_name(f".{sig_path.name}.tmp-{os.getpid()}")
+    sig = np.lib.format.open_memmap(sig_tmp, mode="w+", dtype=np.uint32, shape=(n, K))  # on disk, not in RAM
+    exact = np.zeros((n, 2), np.uint64)
+    has = np.zeros(n, bool)
+    empty = np.zeros(n, bool)
+    char_mode = np.zeros(n, bool)
+    bands = np.zeros((n, cfg["bands"]), np.uint64)
+    ids: list[pa.Array] = []
+    row = 0
+    chars = 0
+    for rb in pf.iter_batches(batch_size=BATCH_ROWS, columns=["id", "text"]):
+        ids.append(rb.column("id").cast(pa.string()))
+        texts = [t if t is not None else "" for t in rb.column("text").to_pylist()]
+        start = 0
+        while start < len(texts):  # vectorized batches of about batch_chars characters
+            end, size = start, 0
+            while end < len(texts) and (end == start or size + len(texts[end]) <= cfg["batch_chars"]):
+                size += len(texts[end])
+                end += 1
+            res = hasher.batch(texts[start:end])
+            sl = slice(row + start, row + end)
+            sig[sl], exact[sl], has[sl], empty[sl], char_mode[sl] = res.sig, res.exact, res.has_shingles, res.empty, res.char_mode
+            if cfg["near"]:
+                bands[sl] = hasher.band_hashes(res.sig)
+            chars += size
+            start = end
+        row += len(texts)
+    assert row == n, f"{part_path}: read {row} rows, metadata says {n}"
+
+    keys = np.arange(offset, offset + n, dtype=np.int64)
+    hs, ks = [], []
+    if cfg["near"]:
+        ok = has & ~empty
+        hs.append(bands[ok].T.reshape(-1))  # band-major: within one band, keys ascend
+        ks.append(np.tile(keys[ok], bands.shape[1]))
+    if cfg["exact"]:
+        hs.append(mh.exact_bucket_hash(exact[~empty]))
+        ks.append(keys[~empty])
+    h = np.concatenate(hs) if hs else np.zeros(0, np.uint64)
+    k = np.concatenate(ks) if ks else np.zeros(0, np.int64)
+    order = np.argsort(h, kind="stable")
+    sig.flush()
+    del sig
+    os.replace(sig_tmp, sig_path)
+    _save_npy(_wpath(work, "exact", part_index, ".npy"), exact)
+    _save_npy(_wpath(work, "flags", part_index, ".npy"), (empty.astype(np.uint8) | (has.astype(np.uint8) << 1) | (char_mode.astype(np.uint8) << 2)))
+    _save_npy(_wpath(work, "buckets", part_index, ".h.npy"), h[order])
+    _save_npy(_wpath(work, "buckets", part_index, ".k.npy"), k[order])
+    id_path = _wpath(work, "ids", part_index, ".arrow")
+    id_table = pa.table({"id": pa.concat_arrays(ids) if ids else pa.array([], pa.string())})
+    id_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = id_path.with_name(f".{id_path.name}.tmp-{os.getpid()}")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, id_table.schema) as writer:
+        writer.write_table(id_table)
+    os.replace(tmp, id_path)
+    return {"docs": n, "chars": chars, "bucket_records": int(len(h)), "char_mode": int(char_mode.sum()), "empty": int(empty.sum()), "worker_peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+# ------------------------------------------------------------------------------------ phase 2
+def _bucket_task(shard: int, lo: int, hi: int, offsets: list[int], cfg: dict, work: str) -> dict:
+    hs, ks = [], []
+    n_parts = len(offsets) - 1
+    for part in range(n_parts):
+        h = np.load(_wpath(work, "buckets", part, ".h.npy"), mmap_mode="r")
+        if not len(h):
+            continue
+        i0 = int(np.searchsorted(h, np.uint64(lo), side="left")) if lo else 0
+        i1 = int(np.searchsorted(h, np.uint64(hi), side="left")) if hi < (1 << 64) else len(h)
+        if i1 > i0:
+            hs.append(np.array(h[i0:i1]))
+            ks.append(np.array(np.load(_wpath(work, "buckets", part, ".k.npy"), mmap_mode="r")[i0:i1]))
+    h = np.concatenate(hs) if hs else np.zeros(0, np.uint64)
+    k = np.concatenate(ks) if ks else np.zeros(0, np.int64)
+    del hs, ks
+    order = np.argsort(h, kind="stable")  # parts were concatenated in order: keys stay ascending within a bucket
+    h, k = h[order], k[order]
+    del order
+    m = len(h)
+    first = np.ones(m, bool)
+    if m > 1:
+        first[1:] = h[1:] != h[:-1]
+    starts = np.flatnonzero(first)
+    largest = int(np.diff(np.append(starts, m)).max()) if m else 0
+    member = np.flatnonzero(~first)
+    group_first = np.maximum.accumulate(np.where(first, np.arange(m), 0))
+    u = k[member]
+    v = k[group_first[member]]
+    prev = k[member - 1]
+    is_exact = (h[member] & np.uint64(1)).astype(bool)
+    del h, group_first
+
+    look = _Lookup(work, offsets)
+    verify_near = cfg["verify"]
+
+    def accept(a: np.ndarray, b: np.ndarray, exact_pair: np.ndarray) -> np.ndarray:
+        ok = np.ones(len(a), bool)
+        if exact_pair.any():
+            ea, eb = look.rows("exact", a[exact_pair]), look.rows("exact", b[exact_pair])
+            ok[exact_pair] = (ea == eb).all(axis=1)
+        near_pair = ~exact_pair
+        if verify_near and near_pair.any():
+            idx = np.flatnonzero(near_pair)
+            for c0 in range(0, len(idx), 65536):  # bounded memory: 2 x 65536 signatures at a time
+                sel = idx[c0 : c0 + 65536]
+                est = mh.estimate_jaccard(look.rows("sig", a[sel]), look.rows("sig", b[sel]))
+                ok[sel] = est >= cfg["threshold"] - 1e-9
+        return ok
+
+    ok = accept(u, v, is_exact)
+    retry = np.flatnonzero(~ok & (prev != v))
+    ok2 = accept(u[retry], prev[retry], is_exact[retry]) if len(retry) else np.zeros(0, bool)
+    eu = np.concatenate([u[ok], u[retry][ok2]])
+    ev = np.concatenate([v[ok], prev[retry][ok2]])
+    edges = np.stack([eu, ev], axis=1) if len(eu) else np.zeros((0, 2), np.int64)
+    if len(edges):
+        edges = np.unique(edges, axis=0)
+    _save_npy(Path(work) / "edges" / f"shard-{shard:05d}.npy", edges.astype(np.int64))
+    return {
+        "records": int(m),
+        "candidates": int(len(u)),
+        "rejected": int(len(u) - ok.sum()),
+        "rescued": int(ok2.sum()),
+        "edges": int(len(edges)),
+        "largest_bucket": largest,
+        "worker_peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+# ------------------------------------------------------------------------------------ phase 3
+def _cluster(work: Path, n_docs: int, offsets: list[int], shards: int, ctx: NodeContext) -> dict:
+    marker = work / "clusters" / "_DONE.json"
+    if marker.exists():
+        return storage.read_json(marker)
+    edge_files = [work / "edges" / f"shard-{s:05d}.npy" for s in range(shards)]
+
+    def chunks():
+        for f in edge_files:
+            e = np.load(f)
+            yield e[:, 0], e[:, 1]
+
+    labels, passes, hooks = mh.connected_components(n_docs, chunks)
+    sizes = np.bincount(labels, minlength=n_docs).astype(np.int32)
+    for part in range(len(offsets) - 1):
+        root = labels[offsets[part] : offsets[part + 1]].astype(np.int64)
+        _save_npy(_wpath(work, "clusters", part, ".root.npy"), root)
+        _save_npy(_wpath(work, "clusters", part, ".size.npy"), sizes[root])
+    dup_clusters = int((sizes > 1).sum())
+    stats = {
+        "clusters_with_duplicates": dup_clusters,
+        "documents_in_duplicate_clusters": int(sizes[sizes > 1].sum()),
+        "largest_cluster": int(sizes.max()) if n_docs else 0,
+        "union_find_passes": passes,
+        "union_find_hooks": hooks,
+        "union_find_array_mb": round((labels.nbytes + sizes.nbytes) / 1e6, 1),
+    }
+    ctx.run.console.log(f"\\[{ctx.name}] {dup_clusters:,} duplicate clusters ({stats['documents_in_duplicate_clusters']:,} documents) in {passes} passes")
+    storage.atomic_write_json(marker, stats)
+    return stats
+
+
+# ------------------------------------------------------------------------------------ final phase
+def _final_task(part_path: str, part_index: int, offsets: list[int], cfg: dict, node: str, out_path: str, removed_path: str, work: str) -> dict:
+    table = storage.read_parquet(Path(part_path))
+    n = table.num_rows
+    offset = offsets[part_index]
+    root = np.load(_wpath(work, "clusters", part_index, ".root.npy"))
+    size = np.load(_wpath(work, "clusters", part_index, ".size.npy"))
+    keys = np.arange(offset, offset + n, dtype=np.int64)
+    keep = root == keys
+    for col in CLUSTER_COLUMNS:
+        if col in table.column_names:
+            table = table.drop_columns([col])
+    kept = table.filter(pa.array(keep))
+    kept = kept.append_column("dup_cluster_id", pa.array(root[keep], pa.int64()))
+    kept = kept.append_column("dup_cluster_size", pa.array(size[keep], pa.int32()))
+
+    gone = np.flatnonzero(~keep)
+    dropped = table.take(pa.array(gone, pa.int64()))
+    look = _Lookup(work, offsets)
+    kroot = root[gone]
+    kept_ids = look.ids(kroot)
+    if len(gone):
+        own_exact = np.load(_wpath(work, "exact", part_index, ".npy"), mmap_mode="r")[gone]
+        is_exact = (own_exact == look.rows("exact", kroot)).all(axis=1) & cfg["exact"]
+        own_sig = np.load(_wpath(work, "sig", part_index, ".npy"), mmap_mode="r")
+        jac = np.empty(len(gone))
+        for c0 in range(0, len(gone), 65536):
+            sl = slice(c0, c0 + 65536)
+            jac[sl] = mh.estimate_jaccard(np.asarray(own_sig[gone[sl]]), look.rows("sig", kroot[sl]))
+    else:
+        is_exact = np.zeros(0, bool)
+        jac = np.zeros(0)
+    reasons, signals = [], []
+    n_exact = n_near = 0
+    for i in range(len(gone)):
+        kind = "exact" if is_exact[i] else "near"
+        if is_exact[i]:
+            n_exact += 1
+        else:
+            n_near += 1
+        reasons.append(f"dedup:{kind} dup of {kept_ids[i]}")
+        signals.append(
+            {
+                "cluster_id": int(kroot[i]),
+                "cluster_size": int(size[gone[i]]),
+                "kept_id": kept_ids[i],
+                "match": kind,
+                "jaccard": 1.0 if is_exact[i] else round(float(jac[i]), 4),
+                "jaccard_kind": "exact key" if is_exact[i] else "estimated from MinHash signatures",
+            }
+        )
+    removed = removed_rows(dropped, node, reasons, signals)
+    storage.write_parquet(kept, Path(out_path))
+    storage.write_parquet(removed, Path(removed_path))
+    chars_out = int(pc.sum(pc.utf8_length(kept["text"])).as_py() or 0) if "text" in kept.column_names and kept.num_rows else 0
+    by_reason = {}
+    if n_exact:
+        by_reason["dedup:exact dup"] = n_exact
+    if n_near:
+        by_reason["dedup:near dup"] = n_near
+    return {
+        "in": n,
+        "out": kept.num_rows,
+        "removed": removed.num_rows,
+        "removed_by_reason": by_reason,
+        "chars_out": chars_out,
+        "dup_clusters_kept_here": int((size[keep] > 1).sum()),
+    }
