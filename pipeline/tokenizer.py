@@ -23,6 +23,8 @@ Why these settings (``docs/tokenization.md`` has the measurements):
 
 from __future__ import annotations
 
+from pipeline.errors import StageError
+
 import functools
 import hashlib
 import io
@@ -50,7 +52,7 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 UNIGRAM, BPE = 1, 2
 
 
-class TokenizerError(Exception):
+class TokenizerError(StageError):
     """A tokenizer cannot be trained, read or converted; the message says why."""
 
 
@@ -113,7 +115,10 @@ def train_sentencepiece(
                 f"vocab_size {vocab_size} cannot hold the characters the sample needs at character_coverage {character_coverage}: {msg.split(']')[-1].strip()}"
             ) from exc
         if "no sentence" in msg.lower() or "empty" in msg.lower():
-            raise TokenizerError(f"no training text: {msg}") from exc
+            raise TokenizerError(
+                "no training text: no document reached the tokenize node (see `pipeline inspect OUT` for what the earlier stages removed)",
+                hint="check the language and quality settings, or give an existing tokenizer with tokenizer_path",
+            ) from exc
         raise TokenizerError(f"SentencePiece training failed: {msg}") from exc
     proto = pb.ModelProto.FromString(out.getvalue())
     # The trainer records its thread count in the model; the pieces do not depend on it for BPE.

@@ -127,7 +127,7 @@ def test_rerun_does_no_stage_work(full_run, mirror):
     server.reset_log()
     proc = run_cli("run", str(MANIFEST), "--out", str(out), "--set", f"sources.zhwiki.mirror={server.url}", "--no-progress", env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "ran 0 node(s), skipped 2" in proc.stderr
+    assert "ran 0 node(s), skipped 7" in proc.stderr
     assert not [r for r in server.requests if r["path"].endswith(".bz2")], "no dump bytes fetched again"
     assert {p.name: p.read_bytes() for p in (out / "data").iterdir()} == before
 
@@ -300,7 +300,7 @@ def _mirror_from_real_dump(root: Path, shared: Path, date: str = "20240101") -> 
 def test_real_enwiki_multistream_sample_and_full(tmp_path, shared_dir):
     names = _mirror_from_real_dump(tmp_path / "mirror", shared_dir)
     with MirrorServer(tmp_path / "mirror") as server:
-        common = ["--no-progress", "--set", f"sources.zhwiki.mirror={server.url}", "--set", "sources.zhwiki.wiki=enwiki", "--set", "stages.extract.params.variant=zh-hans"]
+        common = ["--no-progress", "--set", f"sources.zhwiki.mirror={server.url}", "--set", "sources.zhwiki.wiki=enwiki", "--set", "stages.lang.params.keep=[en]", "--set", "stages.quality.params.preset=auto", "--set", "stages.tokenize.params.vocab_size=4000"]
         env = {"GRIST_CACHE": str(tmp_path / "cache")}
         proc = run_cli("run", str(MANIFEST), "--out", str(tmp_path / "sample"), "--set", "sources.zhwiki.max_pages=50", *common, env=env)
         assert proc.returncode == 0, proc.stderr
@@ -311,7 +311,11 @@ def test_real_enwiki_multistream_sample_and_full(tmp_path, shared_dir):
         assert proc.returncode == 0, proc.stderr
     sample = datasets.load_from_disk(str(tmp_path / "sample" / "data"))
     full = datasets.load_from_disk(str(tmp_path / "full" / "data"))
-    assert 0 < sample.num_rows < full.num_rows == 106
+    assert 0 < sample.num_rows < full.num_rows
+    extracted = json.loads((tmp_path / "full" / "stages" / "extract" / "stats.json").read_text())["out"]
+    assert extracted == 106, "all 106 articles of the sample are extracted"
+    removed_later = sum(json.loads((tmp_path / "full" / "stages" / n / "stats.json").read_text())["removed"] for n in ("clean", "lang", "quality", "dedup"))
+    assert full.num_rows + removed_later == 106 and full.num_rows > 50
     assert set(sample["id"]) <= set(full["id"])
     assert full[0]["url"].startswith("https://en.wikipedia.org/wiki/")
     assert sum(any(m in t for m in LEFTOVERS) for t in full["text"]) / full.num_rows < 0.005
