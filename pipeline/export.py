@@ -34,6 +34,29 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(cols, schema=schema)
 
 
+def write_dataset_metadata(folder: Path, schema: pa.Schema, shard_names: list[str], fingerprint: str, info: dict | None = None) -> None:
+    """``dataset_info.json`` and ``state.json``: what makes a folder of Arrow shards a ``datasets`` Dataset."""
+    info = info or {}
+    dataset_info = {
+        "citation": info.get("citation", ""),
+        "description": info.get("description", ""),
+        "features": json.loads(schema.metadata[b"huggingface"])["info"]["features"],
+        "homepage": info.get("homepage", ""),
+        "license": info.get("license", ""),
+    }
+    state = {
+        "_data_files": [{"filename": n} for n in shard_names],
+        "_fingerprint": fingerprint[:16],
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": None,
+    }
+    storage.atomic_write_text(folder / "dataset_info.json", json.dumps(dataset_info, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+    storage.atomic_write_text(folder / "state.json", json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
 def export_dataset(parts: list[Path], dest: Path, fingerprint: str, *, info: dict | None = None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> dict:
     """Export ``parts`` (in order) to ``dest``; atomic: a half-written export is never at ``dest``."""
     marker = dest / ".grist_export.json"
@@ -75,26 +98,7 @@ def export_dataset(parts: list[Path], dest: Path, fingerprint: str, *, info: dic
         name = f"data-{i:05d}-of-{len(shards):05d}.arrow"
         os.replace(shard, tmp / name)
         names.append(name)
-    features = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
-    info = info or {}
-    dataset_info = {
-        "citation": info.get("citation", ""),
-        "description": info.get("description", ""),
-        "features": features,
-        "homepage": info.get("homepage", ""),
-        "license": info.get("license", ""),
-    }
-    state = {
-        "_data_files": [{"filename": n} for n in names],
-        "_fingerprint": fingerprint[:16],
-        "_format_columns": None,
-        "_format_kwargs": {},
-        "_format_type": None,
-        "_output_all_columns": False,
-        "_split": None,
-    }
-    storage.atomic_write_text(tmp / "dataset_info.json", json.dumps(dataset_info, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
-    storage.atomic_write_text(tmp / "state.json", json.dumps(state, indent=2, sort_keys=True) + "\n")
+    write_dataset_metadata(tmp, schema, names, fingerprint, info)
     summary = {"fingerprint": fingerprint, "rows": rows, "shards": names, "bytes": sum((tmp / n).stat().st_size for n in names)}
     storage.atomic_write_json(tmp / ".grist_export.json", summary)
     storage.remove_tree(dest)

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import storage
+from pipeline.export import write_dataset_metadata
 
 SPLITS = ("train", "validation")
 DEFAULT_SHARD_BYTES = 512 << 20
@@ -222,26 +223,7 @@ def pack_split(stream: SplitStream, dest: Path, seq_len: int, *, fingerprint: st
                 writer.write_batch(_rows_batch(stream, b0 * seq_len, min(b1 * seq_len, total), seq_len, schema))
         tokens = max(0, min(r1 * seq_len, total) - r0 * seq_len)
         shards.append({"file": f"{split}/{name}", "sequences": max(0, r1 - r0), "tokens": tokens, "bytes": (dest / name).stat().st_size})
-    features = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
-    info = info or {}
-    dataset_info = {
-        "citation": info.get("citation", ""),
-        "description": info.get("description", ""),
-        "features": features,
-        "homepage": info.get("homepage", ""),
-        "license": info.get("license", ""),
-    }
-    state = {
-        "_data_files": [{"filename": Path(s["file"]).name} for s in shards],
-        "_fingerprint": fingerprint[:16],
-        "_format_columns": None,
-        "_format_kwargs": {},
-        "_format_type": None,
-        "_output_all_columns": False,
-        "_split": None,
-    }
-    storage.atomic_write_text(dest / "dataset_info.json", json.dumps(dataset_info, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
-    storage.atomic_write_text(dest / "state.json", json.dumps(state, indent=2, sort_keys=True) + "\n")
+    write_dataset_metadata(dest, schema, [Path(s["file"]).name for s in shards], fingerprint, info)
     return {
         "sequences": n_rows,
         "tokens": total,
