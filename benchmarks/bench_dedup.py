@@ -142,15 +142,6 @@ def run_ours(hasher: mh.MinHasher, texts: list[str], batch_chars: int = 1_000_00
         start = end
 
 
-def best_time(fn, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def best_times(fns: list, repeat: int) -> list[float]:
     """Best CPU time (``time.process_time``: this process only, so other jobs on a shared machine
     inflate it much less than wall time) of ``repeat`` runs of each function, interleaved
