@@ -19,6 +19,9 @@ from pipeline.stage import DOC_SCHEMA, NodeContext, RunContext, SourceStage, rem
 from pipeline.manifest import SourceConfig
 
 
+PACKAGED_BUILDERS = {"json", "csv", "parquet", "arrow", "text", "webdataset"}
+
+
 class HFConfig(SourceConfig):
     kind: Literal["hf"]
     dataset: str = Field(description="hub id (org/name) or a local folder")
@@ -36,7 +39,8 @@ class HFConfig(SourceConfig):
     @model_validator(mode="after")
     def _pinned(self):
         local = Path(self.dataset).exists() or self.dataset.startswith((".", "/"))
-        if not local and not self.revision:
+        packaged = self.dataset in PACKAGED_BUILDERS and bool(self.data_files)  # files given: nothing on the hub
+        if not (local or packaged) and not self.revision:
             raise ValueError("a hub dataset needs 'revision' (a commit sha or tag) so the run can be repeated")
         return self
 
