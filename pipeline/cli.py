@@ -119,5 +119,50 @@ def inspect(
             out_console.print(_escape(text[:chars] + ("…" if len(text) > chars else "")), highlight=False)
 
 
+@app.command()
+def train(
+    shards: Path = typer.Option(..., "--shards", help="A run's output dir (with tokens/) or a tokens dir."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<name of the shards' run>)."),
+    preset: str = typer.Option("tiny", "--preset", help="Model preset: tiny, 25m, 124m."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    max_time: Optional[float] = typer.Option(None, "--max-time", help="Seconds."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Micro-batch in sequences."),
+    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Tokens per optimizer step (gradient accumulation)."),
+    lr: float = typer.Option(1e-3, "--lr"),
+    warmup_steps: int = typer.Option(100, "--warmup-steps"),
+    eval_every: int = typer.Option(100, "--eval-every"),
+    ckpt_every: int = typer.Option(500, "--ckpt-every"),
+    device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, mps."),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoint with the same data order."),
+    export: bool = typer.Option(True, "--export/--no-export", help="Write a Hugging Face export to RUN_DIR/hf at the end."),
+) -> None:
+    """Pretrain a decoder-only transformer on token shards (CPU works; fast on a GPU)."""
+    try:
+        from pipeline.train.export import export_hf
+        from pipeline.train.loop import TrainConfig
+        from pipeline.train.loop import train as run_training
+    except ImportError as exc:
+        _fail(PipelineError(f"training needs PyTorch ({exc})", hint="pip install torch (e.g. torch==2.13.0 for a CPU build)"))
+    run_dir = out or Path("runs") / (shards.resolve().name if shards.name != "tokens" else shards.resolve().parent.name)
+    cfg = TrainConfig(
+        data=str(shards), out_dir=str(run_dir), preset=preset, max_steps=max_steps, max_tokens=max_tokens, max_time=max_time,
+        batch_size=batch_size, batch_tokens=batch_tokens, lr=lr, warmup_steps=warmup_steps, eval_every=eval_every,
+        ckpt_every=ckpt_every, device=device, seed=seed, resume=resume,
+    )
+    try:
+        result = run_training(cfg)
+        if export:
+            export_hf(run_dir / "checkpoint", run_dir / "hf")
+    except PipelineError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: a checkpoint was written; add --resume to continue")
+        raise typer.Exit(130)
+    summary = {k: result.get(k) for k in ("step", "val_loss", "val_ppl", "tokens_per_s", "mfu") if k in result}
+    console.print(f"[green]done[/] {run_dir}: {_escape(str(summary))}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
