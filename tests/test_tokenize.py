@@ -111,21 +111,13 @@ def doc_id(raw: str) -> str:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    import os
-
     root = tmp_path_factory.mktemp("tok")
     docs, real = corpus()
     write_inputs(root / "in", docs)
     m = manifest(root)
-    old = os.environ.get("GRIST_CACHE")
-    os.environ["GRIST_CACHE"] = str(root / "cache")
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # module-scoped: the function-scoped monkeypatch is not available
+        mp.setenv("GRIST_CACHE", str(root / "cache"))
         run(m, root / "out", workers=1)
-    finally:
-        if old is None:
-            os.environ.pop("GRIST_CACHE", None)
-        else:
-            os.environ["GRIST_CACHE"] = old
     return {"root": root, "out": root / "out", "docs": {doc_id(d["id"]): d["text"] for d in docs}, "real": real, "manifest": m}
 
 

@@ -59,15 +59,9 @@ def shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train")
     write_corpus(root / "in")
     m = manifest(root, vocab_size=VOCAB, seq_len=SEQ_LEN, validation_fraction=0.1)
-    old = os.environ.get("GRIST_CACHE")
-    os.environ["GRIST_CACHE"] = str(root / "cache")
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # module-scoped: the function-scoped monkeypatch is not available
+        mp.setenv("GRIST_CACHE", str(root / "cache"))
         run(m, root / "out", workers=1)
-    finally:
-        if old is None:
-            os.environ.pop("GRIST_CACHE", None)
-        else:
-            os.environ["GRIST_CACHE"] = old
     return root / "out"
 
 
