@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -39,14 +38,6 @@ def detect_format(path: str) -> str:
     if ".xml" in name:
         return "mediawiki-xml"
     raise StageError(f"cannot tell the format of {path!r} from its name", where=path, hint=f"set 'format' on the source to one of: {', '.join(FORMATS)}")
-
-
-@dataclass
-class FieldMap:
-    text: str = "text"
-    id: str | None = None
-    title: str | None = None
-    url: str | None = None
 
 
 def _open_text(path: Path):
