@@ -1234,7 +1234,7 @@ def _near_dup_edit(text: str, rng: random.Random) -> str:
         chars[i] = rng.choice("之其而以于乃")
     out = "".join(chars)
     sentences = [m.end() for m in re.finditer("。", out)]
-    if len(sentences) > 6:
+    if len(sentences) > 30:  # deleting a sentence from a short article would make it a different text
         k = rng.randrange(2, len(sentences) - 2)
         out = out[: sentences[k - 1]] + out[sentences[k] :]
     return out + "\n\n本文内容由网友整理转载。\n"
