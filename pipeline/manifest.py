@@ -88,6 +88,9 @@ class ManifestModel(BaseModel):
     sources: list[dict[str, Any]] = Field(min_length=1)
     stages: list[StageSpec] = Field(default_factory=list)
     output: str | None = None
+    # `pipeline train` settings (pretraining and fine-tuning); CLI flags win over these.
+    train: dict[str, Any] = Field(default_factory=dict)
+    finetune: dict[str, Any] = Field(default_factory=dict)
 
 
 class Manifest:
@@ -103,6 +106,8 @@ class Manifest:
         self.stages = model.stages
         self.stage_params = stage_params
         self.output = model.output
+        self.train = model.train
+        self.finetune = model.finetune
 
     def source(self, name: str) -> SourceConfig:
         return next(s for s in self.sources if s.name == name)
@@ -119,6 +124,8 @@ class Manifest:
                 for spec, params in zip(self.stages, self.stage_params)
             ],
             "output": self.output,
+            "train": self.train,
+            "finetune": self.finetune,
         }
 
 
