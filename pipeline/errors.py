@@ -40,3 +40,17 @@ class ChecksumError(SourceError):
 
 class StageError(PipelineError):
     """A stage failed on its input."""
+
+
+class LicenseError(PipelineError):
+    """The manifest's licenses conflict (or one is unknown): refused before anything is downloaded.
+
+    ``conflicts`` holds each conflict as ``{"rule", "sources", "message"}``.
+    """
+
+    def __init__(self, what: str, where: str | None = None, hint: str | None = None, conflicts: list[dict] | None = None):
+        super().__init__(what, where, hint)
+        self.conflicts = list(conflicts or [])
+
+    def __reduce__(self):  # keep the conflicts when pickled across process pools
+        return (type(self), (self.what, self.where, self.hint, self.conflicts))

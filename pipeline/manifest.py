@@ -47,6 +47,41 @@ def validate_spdx(value: str) -> str:
     return value
 
 
+class LicenseOverride(BaseModel):
+    """How to treat a license the engine does not know (``LicenseRef-*`` or an SPDX id outside its table).
+
+    The justification is mandatory: it is kept in the license assessment and shown on the dataset card.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    use: Literal["commercial", "non-commercial", "academic-only"]
+    attribution: bool = True
+    share_alike: str | None = None  # a label; an overridden share-alike license is compatible only with itself
+    no_derivatives: bool = False
+    name: str | None = None
+    url: str | None = None
+    justification: str
+
+    @field_validator("justification")
+    @classmethod
+    def _justified(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if len(value) < 20:
+            raise ValueError(
+                "write at least 20 characters saying why this classification is right "
+                "(who granted what, where the terms are published)"
+            )
+        return value
+
+    @field_validator("share_alike")
+    @classmethod
+    def _label(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return value.strip() or None
+
+
 class SourceConfig(BaseModel):
     """Fields every source has, whatever its kind. Each kind subclasses this with its location fields."""
 
@@ -55,6 +90,8 @@ class SourceConfig(BaseModel):
     name: str = Field(pattern=NAME_RE)
     kind: str
     license: str
+    # Classifies licenses the engine does not know; see docs/licenses.md.
+    license_override: LicenseOverride | None = None
     license_url: str | None = None
     attribution: str | None = None
     homepage: str | None = None
@@ -85,6 +122,8 @@ class ManifestModel(BaseModel):
     name: str = Field(pattern=NAME_RE)
     description: str = ""
     cache_dir: str | None = None
+    # Checked against the sources' licenses (pipeline/licenses.py): e.g. commercial refuses non-commercial sources.
+    intended_use: Literal["commercial", "non-commercial", "research", "academic"] | None = None
     sources: list[dict[str, Any]] = Field(min_length=1)
     stages: list[StageSpec] = Field(default_factory=list)
     output: str | None = None
@@ -102,6 +141,7 @@ class Manifest:
         self.name = model.name
         self.description = model.description
         self.cache_dir = model.cache_dir
+        self.intended_use = model.intended_use
         self.sources = sources
         self.stages = model.stages
         self.stage_params = stage_params
@@ -118,6 +158,7 @@ class Manifest:
             "name": self.name,
             "description": self.description,
             "cache_dir": self.cache_dir,
+            "intended_use": self.intended_use,
             "sources": [s.model_dump(mode="json") for s in self.sources],
             "stages": [
                 {**spec.model_dump(mode="json", exclude={"params"}), "params": params.model_dump(mode="json")}
