@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from pipeline import __version__, storage
+from pipeline import __version__, remote, storage
 from pipeline.errors import ChecksumError, SourceError
 
 USER_AGENT = f"grist-pipeline/{__version__} (dataset curation for LM pretraining; https://github.com/grist-pipeline/grist) python-requests/{requests.__version__}"
@@ -176,6 +176,13 @@ def download(
     expected = {k: v for k, v in (expected or {}).items() if v}
     algorithms = tuple(sorted(set(expected) | {"sha256"}))
     meta_path = dest.with_name(dest.name + ".meta.json")
+    mirror = remote.cache_mirror_for(dest)
+    if mirror is not None and not (dest.exists() and meta_path.exists()):
+        # a remote cache may hold it already; it is verified below like any cached copy
+        store, rel = mirror
+        store.pull(rel + ".meta.json")
+        if meta_path.exists():
+            store.pull(rel)
     if dest.exists() and meta_path.exists():
         digests = file_digests(dest, algorithms)
         if all(digests[a].lower() == v.lower() for a, v in expected.items()):
@@ -239,6 +246,10 @@ def download(
         retrieved_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     storage.atomic_write_json(meta_path, {k: v for k, v in record.to_json().items() if k not in ("path", "from_cache")})
+    if mirror is not None:
+        store, rel = mirror
+        store.push(rel)
+        store.push(rel + ".meta.json")  # after the file: a meta file always has its data beside it
     return record
 
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import storage
+from pipeline import remote, storage
 from pipeline.dag import Dag, build_dag
 from pipeline.errors import PipelineError, StageError
 from pipeline.executors import Executor
@@ -28,7 +28,7 @@ from pipeline.provenance import write_lock, write_provenance
 from pipeline.stage import NodeContext, NodeOutput, RunContext, Stage, check_accounting, code_fingerprint, merge_stats
 
 # Source fields that describe the source but do not change the data it yields.
-NON_DATA_SOURCE_FIELDS = {"mirror", "description", "homepage", "citation", "attribution", "license_url", "streams_per_partition"}
+NON_DATA_SOURCE_FIELDS = {"mirror", "description", "homepage", "citation", "attribution", "license_url", "license_override", "streams_per_partition"}
 
 
 @dataclass
@@ -38,9 +38,15 @@ class RunResult:
     nodes_skipped: list[str] = field(default_factory=list)
     stats: dict[str, dict] = field(default_factory=dict)
     export: dict | None = None
+    location: str | None = None  # where the output lives when it is remote (out_dir is then the working copy)
 
 
 def default_cache_dir(manifest) -> Path:
+    """The download cache: manifest ``cache_dir``, else ``$GRIST_CACHE``, else ~/.cache/grist/downloads.
+    A URL (``s3://…``) gives a local working copy mirrored to the store (see pipeline/remote.py)."""
+    configured = manifest.cache_dir or os.environ.get("GRIST_CACHE")
+    if remote.is_url(configured):
+        return remote.use_remote_cache(configured)
     if manifest.cache_dir:
         path = Path(manifest.cache_dir).expanduser()
         return path if path.is_absolute() else (manifest.path.parent / path).resolve()
@@ -74,8 +80,29 @@ def fingerprint(stage: Stage, node_kind: str, inputs: list[str], resolved: dict 
     return hashlib.sha256(json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def run_manifest(manifest, out_dir: Path, executor: Executor, console, *, progress: bool = True) -> RunResult:
-    out_dir = Path(out_dir)
+def run_manifest(manifest, out_dir: Path | str, executor: Executor, console, *, progress: bool = True) -> RunResult:
+    """Run ``manifest`` into ``out_dir``: a local folder, or an fsspec URL (``s3://bucket/prefix``),
+    in which case a local working copy is synchronized with the store (pipeline/remote.py):
+    pulled before the run, each node pushed when it completes, everything pushed at the end or
+    when the run stops, so a re-run anywhere resumes from the store."""
+    # 0. Licenses first: a conflict refuses the run before any source is resolved or downloaded.
+    from pipeline.licenses import check
+
+    console.log(f"license: output {check(manifest).output_license}")
+    if not remote.is_url(out_dir):
+        return _run(manifest, Path(out_dir), executor, console, progress=progress)
+    store = remote.RemoteDir(str(out_dir))
+    console.log(f"output {remote.redact(store.url)}: working copy {store.local}; pulled {store.pull()} changed file(s)")
+    try:
+        result = _run(manifest, store.local, executor, console, progress=progress, after_node=lambda name: store.push(f"stages/{name}"))
+    finally:
+        pushed = store.push()  # partial nodes too (no _COMPLETE): a re-run elsewhere reuses their finished partitions
+        console.log(f"pushed {pushed} changed file(s) to {remote.redact(store.url)}")
+    result.location = store.url
+    return result
+
+
+def _run(manifest, out_dir: Path, executor: Executor, console, *, progress: bool = True, after_node=None) -> RunResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     stages_dir = out_dir / "stages"
     rctx = RunContext(out_dir=out_dir, cache_dir=default_cache_dir(manifest), console=console, manifest=manifest, progress=progress)
@@ -142,6 +169,8 @@ def run_manifest(manifest, out_dir: Path, executor: Executor, console, *, progre
             console.log(f"\\[{name}] done: {stats.get('in', '?')} in, {stats.get('out', '?')} out, {stats.get('removed', 0)} removed")
         for sub, target in type(stage).publishes.items():
             publish_dir(node_dir / sub, out_dir / target, fp)
+        if after_node is not None and name in result.nodes_run:
+            after_node(name)
         outputs[name] = NodeOutput(name=name, dir=node_dir, fingerprint=fp, stats=stats)
         result.stats[name] = stats
         node_records[name] = record
@@ -158,6 +187,10 @@ def run_manifest(manifest, out_dir: Path, executor: Executor, console, *, progre
     write_lock(out_dir / "manifest.lock.yaml", manifest, resolved)
     write_provenance(out_dir / "provenance.json", manifest, resolved, node_records, result.export)
     console.log(f"wrote {export['rows']:,} documents to {out_dir / 'data'}")
+    # 4. What a reader needs: licenses.json, README.md + cards/, ATTRIBUTION.md, croissant.json, report.
+    from pipeline.cards import write_run_docs
+
+    write_run_docs(out_dir, manifest, console)
     return result
 
 
