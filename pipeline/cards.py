@@ -631,12 +631,9 @@ def write_run_docs(out_dir: Path, manifest, console=None) -> dict:
     out_dir = Path(out_dir)
     write_licenses(out_dir, manifest)
     result = write_cards(out_dir)
-    try:
-        from pipeline.report import build_report
-    except ImportError:  # pipeline/report is optional until it lands
-        build_report = None
-    if build_report is not None:
-        result["report"] = str(build_report(out_dir))
+    from pipeline.report import build_report
+
+    result["report"] = str(build_report(out_dir))
     if console is not None:
         console.log(f"wrote {', '.join(result['written'])}" + (" and report/" if "report" in result else "") + f" in {out_dir}")
     return result
