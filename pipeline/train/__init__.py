@@ -1,5 +1,7 @@
-"""Pretraining on the pipeline's token shards: a small Llama-style model, a memory-mapped batch
-loader, a resumable training loop and a Hugging Face export.  See docs/training.md."""
+"""Pretraining on the pipeline's token shards: a small Llama-style model (model.py), a
+memory-mapped batch loader (data.py), configuration from manifests and flags (config.py), a
+resumable training loop with DDP (loop.py), sampling (generate.py) and a Hugging Face export with
+a model card (export.py).  See docs/training.md."""
 
 from __future__ import annotations
 

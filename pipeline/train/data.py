@@ -5,7 +5,9 @@ stream, read through ``pyarrow.memory_map`` as numpy views of the Arrow list val
 whole.  Training examples are the windows ``stream[k*T : k*T + T + 1]`` (inputs = the first T,
 targets = the last T), k = 0 .. (n_tokens - 1) // T - 1.  Each epoch visits every window once in
 the order of ``numpy.random.default_rng([seed, epoch]).permutation``; a batch is the next B
-windows of that order (the incomplete tail is dropped).  The position is (epoch, step within
+windows of that order (the incomplete tail is dropped).  The training loop draws one batch per
+optimizer step (B = all the windows of that step, every process and micro-batch), so the data
+order depends only on the tokens per step, not on how a step is split.  The position is (epoch, step within
 epoch): saved in checkpoints, it restarts the exact same sequence of batches."""
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ class Batches:
             raise TrainError(
                 f"split {stream.split!r} has {stream.n_tokens} tokens: not one batch of {batch_size} x {T}",
                 where=str(stream.dir),
-                hint="use a smaller batch_size / seq_len, or more data",
+                hint="use a smaller batch_size / batch_tokens / seq_len, or more data",
             )
         self.epoch, self.step = epoch, step
         self._perm_epoch, self._perm = None, None
@@ -136,16 +138,22 @@ class Batches:
             self._perm_epoch = self.epoch
         return self._perm
 
-    def next(self) -> tuple[np.ndarray, np.ndarray]:
+    def next_ids(self) -> np.ndarray:
+        """The window indices of the next batch (callers read only the rows they need)."""
         if self.step >= self.steps_per_epoch:
             self.epoch, self.step = self.epoch + 1, 0
         ks = self._order()[self.step * self.B : (self.step + 1) * self.B]
         self.step += 1
-        return self.stream.windows(ks, self.T)
+        return ks
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.stream.windows(self.next_ids(), self.T)
 
 
-def eval_batches(stream: TokenStream, batch_size: int, T: int, max_tokens: int):
-    """The first ``max_tokens`` of the split (at least one window), in order: a fixed budget."""
+def eval_batches(stream: TokenStream, batch_size: int, T: int, max_tokens: int, rank: int = 0, world: int = 1):
+    """The first ``max_tokens`` of the split (at least one window), in order: a fixed budget.
+    With ``world`` > 1, process ``rank`` gets every world-th batch (the caller sums across)."""
     n = min(stream.n_windows(T), max(1, max_tokens // T))
-    for a in range(0, n, batch_size):
-        yield stream.windows(range(a, min(n, a + batch_size)), T)
+    for i, a in enumerate(range(0, n, batch_size)):
+        if i % world == rank:
+            yield stream.windows(range(a, min(n, a + batch_size)), T)

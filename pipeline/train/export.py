@@ -4,15 +4,21 @@ The native model already uses Llama's layout and conventions, so the export is a
 rotary in the rotate-half convention (``cat([freqs, freqs])``, not interleaved pairs) with the
 same ``rope_theta``, RMSNorm computed in float32 with the same eps (``rms_norm_eps``), SwiGLU
 ``down(silu(gate(x)) * up(x))``, no biases, one key/value head per query head, tied embeddings
-(``tie_word_embeddings=True``: no ``lm_head.weight`` is written)."""
+(``tie_word_embeddings=True``: no ``lm_head.weight`` is written).
+
+The export carries a model card (``README.md``): the datasets the model was trained on and their
+licenses, read from the shards' run (``manifest.lock.yaml``, ``provenance.json``,
+``licenses.json``), and the training facts (preset, parameters, tokens seen, validation loss)."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
+import yaml
 
 from pipeline.train import TrainError
 from pipeline.train.model import ModelConfig, Transformer
@@ -50,23 +56,27 @@ def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
 
 
 def load_native(checkpoint: str | Path) -> tuple[Transformer, dict]:
-    from safetensors.torch import load_file
+    from pipeline.train.loop import load_checkpoint
 
     ckpt = Path(checkpoint)
     if (ckpt / "checkpoint").is_dir():  # a training out_dir
         ckpt = ckpt / "checkpoint"
     if not (ckpt / "state.json").is_file() or not (ckpt / "model.safetensors").is_file():
         raise TrainError("no checkpoint here (state.json + model.safetensors)", where=str(ckpt), hint="pass a training out_dir or its checkpoint/ folder")
-    state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    state, weights, _ = load_checkpoint(ckpt, optimizer=False)
     model = Transformer(ModelConfig(**state["model"]))
-    model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise TrainError(f"the weights do not fit the model recorded in state.json ({str(exc)[:300]})", where=str(ckpt), hint="restore the checkpoint folder as a whole") from None
     return model.eval(), state
 
 
-def export_hf(checkpoint: str | Path, dest: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (+ generation config) and the tokenizer
-    files to ``dest``; ``AutoModelForCausalLM.from_pretrained(dest)`` then gives the native
-    model's logits.  The tokenizer defaults to ``<run out>/tokenizer`` beside the trained tokens."""
+def export_hf(checkpoint: str | Path, dest: str | Path, tokenizer_dir: str | Path | None = None, card: bool = True) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (+ generation config), the tokenizer files
+    and the model card ``README.md`` to ``dest``; ``AutoModelForCausalLM.from_pretrained(dest)``
+    then gives the native model's logits.  The tokenizer defaults to ``<run out>/tokenizer``
+    beside the trained tokens."""
     from transformers import LlamaForCausalLM
 
     model, state = load_native(checkpoint)
@@ -94,4 +104,144 @@ def export_hf(checkpoint: str | Path, dest: str | Path, tokenizer_dir: str | Pat
                 copied.append(name)
     if not copied:
         raise TrainError("tokenizer files not found; the export has weights only", where=str(tok), hint="pass tokenizer_dir=<out>/tokenizer")
+    if card:
+        ckpt = Path(checkpoint)
+        run_dir = ckpt if (ckpt / "checkpoint").is_dir() else ckpt.parent
+        (dest / "README.md").write_text(model_card(state, model, run_dir), encoding="utf-8")
     return dest
+
+
+# ------------------------------------------------------------------------------------ model card
+def _read(path: Path, kind: str):
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    return yaml.safe_load(text) if kind == "yaml" else json.loads(text)
+
+
+def _assess_lock(lock: dict) -> dict | None:
+    """The license engine's verdict for a run that predates ``licenses.json``: the lock minus
+    what ``pipeline run`` added, loaded as a manifest and assessed."""
+    try:
+        from pipeline.licenses import assess
+        from pipeline.manifest import load_manifest
+    except ImportError:
+        return None
+    from pipeline.errors import PipelineError
+
+    doc = {k: v for k, v in lock.items() if k not in ("pipeline_version", "packages")}
+    doc["sources"] = [{k: v for k, v in src.items() if k != "resolved"} for src in lock.get("sources", [])]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "manifest.yaml"
+        path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        try:
+            return assess(load_manifest(path)).to_dict()
+        except (PipelineError, ValueError, TypeError):
+            return None  # fall back to the plain conjunction of the sources' licenses
+
+
+def _version(src: dict, prov: dict) -> str:
+    """What pins the source's content: dump date, hub revision, file hashes."""
+    resolved = (prov.get("resolved") or src.get("resolved") or {}).get("identity") or {}
+    if resolved.get("date"):
+        return f"dump {resolved['date']}"
+    if resolved.get("revision"):
+        return f"revision {resolved['revision']}"
+    files = resolved.get("files") or []
+    if files:
+        first = files[0].get("sha256", "")[:12]
+        return f"{len(files)} file(s), sha256 {first}…" if len(files) > 1 else f"sha256 {first}…"
+    return resolved.get("sha256", "")[:12] or "-"
+
+
+def model_card(state: dict, model: Transformer, run_dir: Path) -> str:
+    """A Hugging Face model card: YAML metadata (license, datasets, language, library) and a
+    body listing each training source with its license and version, and the training facts.
+    Everything taken from the manifest is escaped for Markdown/HTML."""
+    from huggingface_hub import ModelCardData
+
+    from pipeline.attribution import md_code, md_escape, md_link
+    from pipeline.cards import hf_license
+
+    data_out = Path(state["data"]["tokens_dir"]).parent
+    lock = _read(data_out / "manifest.lock.yaml", "yaml") or {}
+    prov = _read(data_out / "provenance.json", "json") or {}
+    index = _read(Path(state["data"]["tokens_dir"]) / "index.json", "json") or {}
+    metrics = _read(run_dir / "metrics.json", "json") or {}
+    sources = lock.get("sources") or []
+    assessed = _read(data_out / "licenses.json", "json") or (_assess_lock(lock) if lock else None)
+    plain = " AND ".join(dict.fromkeys(s["license"] for s in sources if s.get("license")))
+    expression = assessed["output_license"] if assessed and assessed.get("output_license") not in (None, "NOASSERTION") else plain
+
+    languages = sorted({lang for s in sources for lang in s.get("languages") or []})
+    for stage in lock.get("stages") or []:  # a language filter says what is left
+        if stage.get("stage") == "lid_filter":
+            languages = sorted(set(languages) | set(stage.get("params", {}).get("keep") or []))
+    data = ModelCardData(
+        **(hf_license(expression, sources) if expression else {"license": "unknown"}),
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["grist", "llama", "causal-lm", "pretrained-from-scratch"],
+        datasets=[s["dataset"] if s.get("kind") == "hf" and s.get("dataset") else s["name"] for s in sources] or None,
+        language=languages or None,
+    )
+    cfg, train = model.cfg, state.get("train", {})
+    name = lock.get("name") or data_out.name
+    L = [
+        f"# {md_escape(name)}: {md_escape(train.get('preset', 'custom'))} ({model.num_params() / 1e6:.1f} M parameters)",
+        "",
+        f"A Llama-style decoder-only language model pretrained from scratch by `pipeline train` (grist) on the "
+        f"output of the run {md_code(name)}. It loads with `AutoModelForCausalLM.from_pretrained`; the tokenizer is included.",
+        "",
+        "## Training data",
+        "",
+    ]
+    if sources:
+        L += ["| source | kind | license | version | homepage |", "|---|---|---|---|---|"]
+        for s in sources:
+            p = (prov.get("sources") or {}).get(s["name"], {})
+            home = md_link(s["homepage"], s["homepage"]) if s.get("homepage") else "-"
+            L.append(f"| {md_escape(s['name'])} | {md_escape(s.get('kind', ''))} | {md_code(s.get('license', '?'))} | {md_escape(_version(s, p))} | {home} |")
+        L += ["", f"License of the training data: {md_code(expression)}"
+              + (" (assessed by grist's license engine)." if assessed else " (the conjunction of the sources' licenses)."),
+              "Whether and how these terms bind the model weights is not settled by this card: check with the licenses themselves."]
+        obligations = (assessed or {}).get("obligations") or []
+        if obligations:
+            L += ["", "Obligations that come with the data:", ""] + [f"- {md_escape(o)}" for o in obligations]
+    else:
+        L.append("The shards' run left no `manifest.lock.yaml`: the training data and its licenses are unknown.")
+    if index:
+        L += ["", f"Tokens: {index.get('splits', {}).get('train', {}).get('tokens', 0):,} training and "
+              f"{index.get('splits', {}).get('validation', {}).get('tokens', 0):,} validation tokens, "
+              f"{index.get('vocab_size', cfg.vocab_size):,}-token vocabulary, sequences of {index.get('seq_len', '?')}."]
+    facts = [
+        ("preset", md_code(train.get("preset", "?"))),
+        ("parameters", f"{model.num_params():,} (embeddings tied)"),
+        ("layers / width / heads / SwiGLU hidden", f"{cfg.n_layers} / {cfg.dim} / {cfg.n_heads} / {cfg.ffn_dim}"),
+        ("context", f"{state.get('T', cfg.max_seq_len)} tokens (rotary, theta {cfg.rope_theta:g})"),
+        ("vocabulary", f"{cfg.vocab_size:,}"),
+        ("optimizer steps", f"{state.get('step', 0):,}"),
+        ("tokens seen", f"{state.get('tokens', 0):,}"),
+        ("learning rate", f"{train.get('lr')} peak, warmup {train.get('warmup_steps')} steps, cosine"),
+    ]
+    if metrics.get("step") == state.get("step") and "val_loss" in metrics:
+        facts.append(("final validation loss", f"{metrics['val_loss']:.4f} nats/token (perplexity {metrics['val_ppl']:.2f})"))
+    if metrics.get("device"):
+        facts.append(("hardware", md_escape(f"{metrics['device']} x {metrics.get('world_size', 1)}" + (", bf16" if metrics.get("bf16") else ", float32"))))
+    L += ["", "## Training", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts]
+    L += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        'tok = AutoTokenizer.from_pretrained("PATH")',
+        'model = AutoModelForCausalLM.from_pretrained("PATH")',
+        "```",
+        "",
+        "## Limitations",
+        "",
+        "A small research model: it continues text in the style of its training data, with no instruction tuning, "
+        "no safety filtering of its outputs and no evaluation beyond the validation loss above.",
+    ]
+    return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(L) + "\n"

@@ -1,72 +1,52 @@
 """The training loop: ``train(TrainConfig) -> dict``.
 
 AdamW (fused on CUDA), linear warmup then cosine decay to ``min_lr``, gradient accumulation up
-to ``batch_tokens`` per optimizer step, gradient clipping, bf16 autocast on CUDA, a fixed
-validation budget every ``eval_every`` steps, checkpoints every ``ckpt_every`` steps, at the end
-and on SIGINT/SIGTERM.  ``resume=True`` restores weights, optimizer and data position, so the run
-continues with the same batches and the same losses as an uninterrupted one.
+to ``batch_tokens`` per optimizer step, gradient clipping, bf16 autocast on CUDA, optional
+``torch.compile``, data parallel over processes started by ``torchrun`` (DDP), a fixed
+validation budget every ``eval_every`` steps followed by a few sample generations, checkpoints
+every ``ckpt_every`` steps, at the end and on SIGINT/SIGTERM.  ``resume=True`` restores weights,
+optimizer and data position, so the run continues with the same batches and the same losses as
+an uninterrupted one.
 
-``out_dir`` layout::
+``out_dir`` layout (written by rank 0 only)::
 
-    checkpoint/model.safetensors   weights (float32)
+    checkpoint/model.safetensors   weights (float32, the uncompiled module's names)
     checkpoint/optimizer.pt        AdamW state (torch.save, loaded with weights_only=True)
-    checkpoint/state.json          step, tokens, data position, model + train config, data identity
-    metrics.jsonl                  one line per step (loss, lr, tokens/s, mfu on CUDA) and per eval
+    checkpoint/state.json          step, tokens, horizon, data position, model + train config, data identity
+    metrics.jsonl                  one line per step (type train), per eval (type eval), per sample (type sample)
     metrics.json                   the summary returned by train()
+    tensorboard/                   event files (when tensorboard is installed)
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import pickle
 import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pipeline.train import TrainError
+from pipeline.train.config import TrainConfig
 from pipeline.train.data import Batches, TokenStream, eval_batches, find_tokens_dir, tokenizer_hash, vocab_size
+from pipeline.train.generate import sample, strip_eos
 from pipeline.train.model import ModelConfig, Transformer, preset
+
+__all__ = ["TrainConfig", "train", "read_metrics", "lr_at", "pick_device", "load_checkpoint"]
 
 # Dense bf16 peak, FLOP/s, by device name substring (first match wins).
 PEAK_BF16 = [("H200", 989e12), ("H100", 989e12), ("A100", 312e12)]
-
-
-@dataclass
-class TrainConfig:
-    data: str  # the run's out dir (with tokens/) or the tokens dir
-    out_dir: str
-    preset: str = "tiny"
-    model: dict = field(default_factory=dict)  # ModelConfig overrides
-    seq_len: int | None = None  # T; default: the data's seq_len
-    batch_size: int = 16  # micro-batch, sequences
-    batch_tokens: int | None = None  # tokens per optimizer step (gradient accumulation); default one micro-batch
-    lr: float = 1e-3
-    min_lr: float | None = None  # default lr / 10
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    max_steps: int | None = None
-    max_tokens: int | None = None
-    max_time: float | None = None  # seconds of this process
-    eval_every: int = 100
-    eval_tokens: int = 65536
-    ckpt_every: int = 500
-    seed: int = 0
-    device: str = "auto"  # auto: cuda -> mps -> cpu
-    resume: bool = False
-
-    def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
+# With only max_time, the schedule's horizon is estimated after this many timed steps (see Horizon).
+HORIZON_PROBE_STEPS = 4
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -97,8 +77,65 @@ def lr_at(step: int, cfg: TrainConfig, horizon: int | None) -> float:
     return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
 
 
+# ---------------------------------------------------------------------------------- processes
+@dataclass
+class Dist:
+    """This process's place in a ``torchrun`` launch (rank 0 of 1 otherwise)."""
+
+    rank: int = 0
+    world: int = 1
+    created: bool = False  # we called init_process_group, so we destroy the group
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def on(self) -> bool:
+        return self.world > 1
+
+
+def dist_setup(device: torch.device) -> tuple[Dist, torch.device]:
+    """Join the process group that ``torchrun`` describes in RANK / WORLD_SIZE / LOCAL_RANK:
+    NCCL on CUDA (one GPU per process, ``cuda:LOCAL_RANK``), gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return Dist(), device
+    import torch.distributed as tdist
+
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local) if device.index is None else device
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    elif device.type == "cpu":
+        backend = "gloo"
+    else:
+        raise TrainError(f"multi-process training runs on CUDA (nccl) or CPU (gloo), not {device.type}", where="WORLD_SIZE", hint="use --device cuda or cpu, or launch one process")
+    created = False
+    if not tdist.is_initialized():
+        try:
+            tdist.init_process_group(backend=backend)
+        except (ValueError, RuntimeError) as exc:
+            raise TrainError(f"cannot join the process group ({exc})", where=f"RANK {rank} of WORLD_SIZE {world}", hint="launch with torchrun --nproc_per_node=N -m pipeline.cli train ...") from None
+        created = True
+    return Dist(rank=tdist.get_rank(), world=tdist.get_world_size(), created=created), device
+
+
+def all_reduce(d: Dist, values: list[float], device: torch.device, op: str = "sum") -> list[float]:
+    if not d.on:
+        return values
+    import torch.distributed as tdist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    tdist.all_reduce(t, op={"sum": tdist.ReduceOp.SUM, "max": tdist.ReduceOp.MAX, "min": tdist.ReduceOp.MIN}[op])
+    return t.tolist()
+
+
 # ---------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(out: Path, model: Transformer, opt: torch.optim.Optimizer, state: dict) -> None:
+    """``model`` is the plain module (never the compiled or DDP wrapper), so the names carry no
+    ``_orig_mod.`` / ``module.`` prefix and load into a fresh ``Transformer``."""
     from safetensors.torch import save_file
 
     final = out / "checkpoint"
@@ -116,16 +153,35 @@ def save_checkpoint(out: Path, model: Transformer, opt: torch.optim.Optimizer, s
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
-    """(state, weights, optimizer state) from a checkpoint folder."""
+def load_checkpoint(path: Path, optimizer: bool = True) -> tuple[dict, dict, dict | None]:
+    """(state, weights, optimizer state or None) from a checkpoint folder; a missing or
+    unreadable file is a ``TrainError`` naming it."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    files = [path / n for n in ("state.json", "model.safetensors", "optimizer.pt")]
+    names = ("state.json", "model.safetensors") + (("optimizer.pt",) if optimizer else ())
+    files = [path / n for n in names]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise TrainError("checkpoint incomplete", where=", ".join(missing), hint="start without resume, or restore the checkpoint folder")
-    state = json.loads(files[0].read_text(encoding="utf-8"))
-    return state, load_file(str(files[1])), torch.load(files[2], map_location="cpu", weights_only=True)
+    hint = "the checkpoint is damaged: restore it from a copy, or start a new run without --resume"
+    try:
+        state = json.loads(files[0].read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not {"step", "model", "data"} <= set(state):
+            raise ValueError("missing step/model/data")
+    except (OSError, ValueError) as exc:
+        raise TrainError(f"corrupt checkpoint state ({exc})", where=str(files[0]), hint=hint) from None
+    try:
+        weights = load_file(str(files[1]))
+    except (SafetensorError, OSError) as exc:
+        raise TrainError(f"corrupt checkpoint weights ({exc})", where=str(files[1]), hint=hint) from None
+    opt_state = None
+    if optimizer:
+        try:
+            opt_state = torch.load(files[2], map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            raise TrainError(f"corrupt optimizer state ({type(exc).__name__}: {str(exc)[:200]})", where=str(files[2]), hint=hint) from None
+    return state, weights, opt_state
 
 
 def check_compatible(state: dict, seq_len: int, tok_hash: str, where: str) -> None:
@@ -141,6 +197,100 @@ def check_compatible(state: dict, seq_len: int, tok_hash: str, where: str) -> No
             where=where,
             hint="the token ids would mean different things: resume on data made with the same tokenizer, or start a new out_dir",
         )
+
+
+# ------------------------------------------------------------------------------------ logging
+class RunLog:
+    """metrics.jsonl (+ TensorBoard scalars) on rank 0; other ranks log nothing."""
+
+    def __init__(self, out: Path, enabled: bool, tensorboard: bool, resume_step: int | None, on_log=None):
+        self.enabled, self.on_log, self.tb = enabled, on_log, None
+        if not enabled:
+            return
+        path = out / "metrics.jsonl"
+        if resume_step is not None and path.exists():  # drop what was logged after the checkpoint
+            keep = [l for l in path.read_text(encoding="utf-8").splitlines() if l and json.loads(l)["step"] <= resume_step]
+            path.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+        elif resume_step is None:
+            path.write_text("", encoding="utf-8")
+            shutil.rmtree(out / "tensorboard", ignore_errors=True)
+        self.file = path.open("a", encoding="utf-8")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step: a resumed run hides the events its crashed predecessor wrote after the checkpoint
+            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1)
+
+    def emit(self, rec: dict) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            kind, step = rec.get("type"), rec["step"]
+            if kind == "train":
+                for k in ("loss", "lr", "tokens_per_s", "mfu", "grad_norm"):
+                    if k in rec:
+                        self.tb.add_scalar(f"train/{k}", rec[k], step)
+            elif kind == "eval":
+                self.tb.add_scalar("val/loss", rec["val_loss"], step)
+                self.tb.add_scalar("val/ppl", rec["val_ppl"], step)
+            elif kind == "sample":
+                self.tb.add_text(f"samples/{rec['index']}", f"**{rec['prompt']}**{rec['text']}", step)
+        if self.on_log is not None:
+            self.on_log(rec)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def tensorboard_wanted(flag: bool | None) -> bool:
+    import importlib
+
+    try:
+        importlib.import_module("torch.utils.tensorboard")  # fails without the tensorboard package
+    except ImportError:
+        if flag:
+            raise TrainError("tensorboard logging was asked for but tensorboard is not installed", hint="pip install tensorboard, or pass --no-tensorboard") from None
+        return False
+    return flag is not False
+
+
+# ------------------------------------------------------------------------------------ samples
+class Sampler:
+    """A few fixed prompts continued at each evaluation, decoded with the run's tokenizer.
+    Default prompts are the first tokens of evenly spaced validation windows."""
+
+    def __init__(self, cfg: TrainConfig, tokenizer_dir: Path, stream: TokenStream, T: int, eos_id: int | None, bos_id: int | None):
+        self.cfg, self.eos_id, self.prompts = cfg, eos_id, []
+        if cfg.sample_tokens <= 0 or (not cfg.sample_prompts and cfg.samples <= 0):
+            return
+        from pipeline.tokenizer import load_tokenizer
+
+        if not any((tokenizer_dir / n).is_file() for n in ("tokenizer.model", "tokenizer.json")):
+            if cfg.sample_prompts:
+                raise TrainError("sample_prompts need the run's tokenizer, which was not found", where=str(tokenizer_dir), hint="keep tokenizer/ beside tokens/, or drop sample_prompts")
+            return  # default samples are a convenience: no tokenizer, no samples
+        self.tok = load_tokenizer(tokenizer_dir)
+        if cfg.sample_prompts:
+            head = [i for i in (eos_id, bos_id) if i is not None]  # a prompt starts a new document
+            self.prompts = [(p, head + self.tok.encode(p)) for p in cfg.sample_prompts]
+        else:
+            n, k = stream.n_windows(T), max(1, min(16, T // 2))
+            for i in range(min(cfg.samples, n)):
+                w = i * n // cfg.samples
+                ids = stream.slice(w * T, w * T + k).tolist()
+                self.prompts.append((self.tok.decode(ids), ids))
+
+    def __call__(self, model: Transformer, step: int, autocast) -> list[dict]:
+        recs = []
+        for i, (text, ctx) in enumerate(self.prompts):
+            ids = sample(model, ctx, self.cfg.sample_tokens, temperature=self.cfg.sample_temperature, top_k=self.cfg.sample_top_k, seed=self.cfg.seed + i, eos_id=self.eos_id, autocast=autocast)
+            recs.append({"type": "sample", "step": step, "index": i, "prompt": text, "text": self.tok.decode(strip_eos(ids, self.eos_id))})
+        return recs
 
 
 # ------------------------------------------------------------------------------------ the loop
@@ -168,26 +318,30 @@ class _StopFlag:
 
 
 @torch.no_grad()
-def evaluate(model: Transformer, stream: TokenStream, cfg: TrainConfig, T: int, device, autocast) -> dict:
+def evaluate(model, stream: TokenStream, cfg: TrainConfig, T: int, device, autocast, d: Dist = Dist()) -> dict:
+    """Mean validation loss over the fixed budget; with several processes each takes every
+    world-th batch and the sums are added up."""
     model.eval()
-    total, n = 0.0, 0
-    for x, y in eval_batches(stream, cfg.batch_size, T, cfg.eval_tokens):
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    n = 0
+    for x, y in eval_batches(stream, cfg.batch_size, T, cfg.eval_tokens, d.rank, d.world):
         x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
         with autocast():
             _, loss = model(x, y)
-        total += loss.item() * y.numel()
+        total += loss.double() * y.numel()
         n += y.numel()
     model.train()
-    val = total / n
-    return {"val_loss": val, "val_ppl": math.exp(min(val, 50.0)), "val_tokens": n}
+    total_f, n_f = all_reduce(d, [float(total), float(n)], device)
+    val = total_f / n_f
+    return {"val_loss": val, "val_ppl": math.exp(min(val, 50.0)), "val_tokens": int(n_f)}
 
 
-def train(config: TrainConfig | dict, on_step=None) -> dict:
-    """Train; return the summary (also written to ``out_dir/metrics.json``).  ``on_step(record)``
-    is called after each optimizer step (for progress display and tests)."""
+def train(config: TrainConfig | dict, on_step=None, on_log=None) -> dict:
+    """Train; return the summary (also written to ``out_dir/metrics.json``).  On rank 0,
+    ``on_step(record)`` is called after each optimizer step and ``on_log(record)`` for every
+    record logged (steps, evaluations, samples): for progress display and tests."""
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tokens_dir = find_tokens_dir(cfg.data)
     train_stream = TokenStream(tokens_dir, "train")
     val_stream = TokenStream(tokens_dir, "validation") if train_stream.index["splits"].get("validation", {}).get("tokens") else None
@@ -195,49 +349,91 @@ def train(config: TrainConfig | dict, on_step=None) -> dict:
     T = cfg.seq_len or train_stream.seq_len
 
     ckpt = out / "checkpoint"
-    state = None
-    if cfg.resume and (ckpt / "state.json").is_file():
+    state = weights = opt_state = None
+    if cfg.resume:
+        if not ckpt.is_dir():
+            raise TrainError("--resume was given but there is no checkpoint to resume from", where=str(ckpt), hint="drop --resume to start a new run, or point --out at the run to continue")
         state, weights, opt_state = load_checkpoint(ckpt)
         check_compatible(state, train_stream.seq_len, tok_hash, str(ckpt))
         mcfg = ModelConfig(**state["model"])
         T = state["T"]
     else:
-        mcfg = preset(cfg.preset, **{"vocab_size": vocab_size(tokens_dir), "max_seq_len": T, **cfg.model})
+        vocab = {} if "vocab_size" in cfg.model else {"vocab_size": vocab_size(tokens_dir)}
+        mcfg = preset(cfg.preset, **{**vocab, "max_seq_len": T, **cfg.model})
     if T > mcfg.max_seq_len:
         raise TrainError(f"seq_len {T} exceeds the model's max_seq_len {mcfg.max_seq_len}", hint="lower seq_len or raise model.max_seq_len")
+    use_tb = tensorboard_wanted(cfg.tensorboard)
 
-    device = pick_device(cfg.device)
+    d, device = dist_setup(pick_device(cfg.device))
+    try:
+        return _run(cfg, out, d, device, tokens_dir, train_stream, val_stream, tok_hash, T, mcfg, state, weights, opt_state, use_tb, on_step, on_log)
+    finally:
+        if d.created:
+            import torch.distributed as tdist
+
+            tdist.destroy_process_group()
+
+
+def _run(cfg, out, d, device, tokens_dir, train_stream, val_stream, tok_hash, T, mcfg, state, weights, opt_state, use_tb, on_step, on_log) -> dict:
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg)
     if state is not None:
         model.load_state_dict(weights)
     model.to(device)
+    use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    fwd = torch.compile(model) if use_compile else model  # checkpoints read `model`: no _orig_mod. prefix
+    step_model = fwd
+    if d.on:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        step_model = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None)
 
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=device.type == "cuda")
-    if state is not None:
+    if opt_state is not None:
         opt.load_state_dict(opt_state)
 
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else (lambda: torch.autocast(device.type, enabled=False))
 
+    # One optimizer step = one batch of `windows` windows from the data order, split into
+    # `accum` micro-batches on each of the d.world processes: the order depends only on `windows`.
     micro_tokens = cfg.batch_size * T
-    accum = max(1, round((cfg.batch_tokens or micro_tokens) / micro_tokens))
-    step_tokens = accum * micro_tokens
-    horizon = cfg.max_steps or (cfg.max_tokens // step_tokens if cfg.max_tokens else None)
+    accum = max(1, round((cfg.batch_tokens or micro_tokens * d.world) / (micro_tokens * d.world)))
+    per_rank = accum * cfg.batch_size
+    windows = per_rank * d.world
+    step_tokens = windows * T
+    if state is not None:
+        # Checkpoints from before the per-step order stored a micro-batch count instead.
+        saved = state["data"].get("windows_per_step", state.get("train", {}).get("batch_size"))
+        if saved != windows:
+            raise TrainError(
+                f"the checkpoint's data position counts batches of {saved} sequences, this run takes {windows} per step",
+                where=str(out / "checkpoint"),
+                hint="resume with the same batch_tokens (batch_size x grad accumulation x processes), or start a new out_dir",
+            )
+
+    horizon = cfg.max_steps or (-(-cfg.max_tokens // step_tokens) if cfg.max_tokens else None)
+    estimated = horizon is None and state is not None and state.get("horizon") is not None
+    if estimated:
+        horizon = state["horizon"]  # estimated from max_time by the run this resumes: keep its schedule
+    probe = horizon is None and cfg.max_time is not None
 
     pos = state["data"]["position"] if state else {"epoch": 0, "step": 0}
-    batches = Batches(train_stream, cfg.batch_size, T, cfg.seed, **pos)
+    batches = Batches(train_stream, windows, T, cfg.seed, **pos)
     step = state["step"] if state else 0
+    start_step = step
     tokens = state["tokens"] if state else 0
-    metrics_path = out / "metrics.jsonl"
-    if state is not None and metrics_path.exists():  # drop what was logged after the checkpoint
-        keep = [l for l in metrics_path.read_text(encoding="utf-8").splitlines() if l and json.loads(l)["step"] <= step]
-        metrics_path.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
-    elif state is None:
-        metrics_path.write_text("", encoding="utf-8")
+    index = train_stream.index
+    tok_dir = (tokens_dir / (index.get("tokenizer") or {}).get("path", "../tokenizer")).resolve()
+    eos_id, bos_id = index.get("eos_id"), index.get("bos_id")
+    # built on every process so that a bad sample_prompts fails everywhere, used on rank 0 only
+    sampler = Sampler(cfg, tok_dir, val_stream, T, eos_id, bos_id) if val_stream is not None else None
+    log = RunLog(out, d.main, use_tb, step if state is not None else None, on_log)
 
     flops_tok = model.flops_per_token(T)
     peak = peak_flops(device)
@@ -248,88 +444,137 @@ def train(config: TrainConfig | dict, on_step=None) -> dict:
             "step": step,
             "tokens": tokens,
             "T": T,
+            "horizon": horizon if (estimated or probe) else None,
+            "world_size": d.world,
             "model": dataclasses.asdict(mcfg),
             "train": cfg.to_json(),
-            "data": {"tokens_dir": str(tokens_dir), "seq_len": train_stream.seq_len, "tokenizer": tok_hash, "position": batches.position()},
+            "data": {
+                "tokens_dir": str(tokens_dir.resolve()),
+                "seq_len": train_stream.seq_len,
+                "tokenizer": tok_hash,
+                "tokenizer_dir": str(tok_dir),
+                "tokenizer_files": (index.get("tokenizer") or {}).get("files", {}),
+                "eos_id": eos_id,
+                "bos_id": bos_id,
+                "windows_per_step": windows,
+                "position": batches.position(),
+            },
         }
+
+    def run_eval() -> dict:
+        rec = {"type": "eval", "step": step, **evaluate(fwd, val_stream, cfg, T, device, autocast, d)}
+        log.emit(rec)
+        if sampler is not None and d.main:
+            for s in sampler(model, step, autocast):
+                log.emit(s)
+        return rec
 
     last_eval: dict = {}
     stopped = "max_steps"
     t_start = time.time()
+    t_first = t_last = None  # ends of this process's first and last steps (the first, with compilation and warm-up, is left out of rates)
     model.train()
-    with _StopFlag() as stop, metrics_path.open("a", encoding="utf-8") as log:
+    try:
+        with _StopFlag() as stop:
+            while True:
+                if cfg.max_steps is not None and step >= cfg.max_steps:
+                    stopped = "max_steps"
+                    break
+                if cfg.max_tokens is not None and tokens >= cfg.max_tokens:
+                    stopped = "max_tokens"
+                    break
+                if (estimated or probe) and horizon is not None and step >= horizon:
+                    stopped = "max_time"
+                    break
+                # time and signals differ between processes: all stop if any must
+                out_of_time = cfg.max_time is not None and time.time() - t_start >= cfg.max_time
+                timeup, sig = all_reduce(d, [float(out_of_time), float(stop.signal or 0)], device, "max")
+                if timeup:
+                    stopped = "max_time"
+                    break
+                if sig:
+                    stopped = signal.Signals(int(sig)).name
+                    break
+                t0 = time.time()
+                lr = lr_at(step, cfg, horizon)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                ks = batches.next_ids()[d.rank * per_rank : (d.rank + 1) * per_rank]
+                loss_sum = torch.zeros((), device=device)
+                for m in range(accum):
+                    x, y = train_stream.windows(ks[m * cfg.batch_size : (m + 1) * cfg.batch_size], T)
+                    x, y = torch.from_numpy(x).to(device, non_blocking=True), torch.from_numpy(y).to(device, non_blocking=True)
+                    # gradients are averaged across processes once per step, on the last micro-batch
+                    sync = step_model.no_sync() if d.on and m < accum - 1 else contextlib.nullcontext()
+                    with sync:
+                        with autocast():
+                            _, loss = step_model(x, y)
+                        (loss / accum).backward()
+                    loss_sum += loss.detach().float()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip else None
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                (step_loss,) = all_reduce(d, [float(loss_sum) / accum], device)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                now = time.time()
+                dt = max(now - t0, 1e-9)
+                step += 1
+                tokens += step_tokens
+                if t_first is None:
+                    t_first = now
+                t_last = now
+                rec = {"type": "train", "step": step, "loss": step_loss / d.world, "lr": lr, "tokens": tokens, "tokens_per_s": step_tokens / dt, "dt": dt}
+                if grad_norm is not None:
+                    rec["grad_norm"] = float(grad_norm)
+                if peak:
+                    rec["mfu"] = flops_tok * step_tokens / dt / (peak * d.world)
+                log.emit(rec)
+                if on_step is not None and d.main:
+                    on_step(rec)
+                if probe and horizon is None and step >= max(cfg.warmup_steps, start_step + 1 + HORIZON_PROBE_STEPS):
+                    # max_time only: fix the horizon from the measured pace (evals included), the
+                    # same on every process, saved in checkpoints so a resume keeps the schedule
+                    pace = (now - t_first) / (step - start_step - 1)
+                    left = cfg.max_time - (now - t_start)
+                    (h,) = all_reduce(d, [float(step + max(0, int(left / pace)))], device, "min")
+                    horizon = int(h)
+                    log.emit({"type": "horizon", "step": step, "horizon": horizon, "seconds_per_step": pace})
+                if val_stream is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                    last_eval = run_eval()
+                if d.main and cfg.ckpt_every and step % cfg.ckpt_every == 0:
+                    save_checkpoint(out, model, opt, ckpt_state())
 
-        def emit(rec: dict) -> None:
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-
-        while True:
-            if cfg.max_steps is not None and step >= cfg.max_steps:
-                stopped = "max_steps"
-                break
-            if cfg.max_tokens is not None and tokens >= cfg.max_tokens:
-                stopped = "max_tokens"
-                break
-            if cfg.max_time is not None and time.time() - t_start >= cfg.max_time:
-                stopped = "max_time"
-                break
-            if stop.signal is not None:
-                stopped = signal.Signals(stop.signal).name
-                break
-            t0 = time.time()
-            lr = lr_at(step, cfg, horizon)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss_sum = 0.0
-            for _ in range(accum):
-                x, y = batches.next()
-                x, y = torch.from_numpy(x).to(device, non_blocking=True), torch.from_numpy(y).to(device, non_blocking=True)
-                with autocast():
-                    _, loss = model(x, y)
-                (loss / accum).backward()
-                loss_sum += loss.item()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip else None
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            dt = max(time.time() - t0, 1e-9)
-            step += 1
-            tokens += step_tokens
-            rec = {"step": step, "loss": loss_sum / accum, "lr": lr, "tokens": tokens, "tokens_per_s": step_tokens / dt, "dt": dt}
-            if grad_norm is not None:
-                rec["grad_norm"] = float(grad_norm)
+            if val_stream is not None and last_eval.get("step") != step and step > 0:
+                last_eval = run_eval()
+        elapsed = time.time() - t_start
+        summary = {
+            "step": step,
+            "tokens": tokens,
+            "stopped": stopped,
+            "params": n_params,
+            "flops_per_token": flops_tok,
+            "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+            "world_size": d.world,
+            "bf16": use_bf16,
+            "compile": use_compile,
+            "grad_accum": accum,
+            "tokens_per_step": step_tokens,
+            "horizon": horizon,
+            "seconds": elapsed,
+            "model": dataclasses.asdict(mcfg),
+            "config": cfg.to_json(),
+            **{k: v for k, v in last_eval.items() if k not in ("step", "type")},
+        }
+        if t_first is not None and step - start_step > 1:  # steps 2..n of this process, evaluations included
+            summary["tokens_per_s"] = (step - start_step - 1) * step_tokens / max(t_last - t_first, 1e-9)
             if peak:
-                rec["mfu"] = flops_tok * step_tokens / dt / peak
-            emit(rec)
-            if on_step is not None:
-                on_step(rec)
-            if val_stream is not None and cfg.eval_every and step % cfg.eval_every == 0:
-                last_eval = {"step": step, **evaluate(model, val_stream, cfg, T, device, autocast)}
-                emit(last_eval)
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0:
-                save_checkpoint(out, model, opt, ckpt_state())
-
-        if val_stream is not None and last_eval.get("step") != step and step > 0:
-            last_eval = {"step": step, **evaluate(model, val_stream, cfg, T, device, autocast)}
-            emit(last_eval)
-    save_checkpoint(out, model, opt, ckpt_state())
-    elapsed = time.time() - t_start
-    summary = {
-        "step": step,
-        "tokens": tokens,
-        "stopped": stopped,
-        "params": n_params,
-        "flops_per_token": flops_tok,
-        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "bf16": use_bf16,
-        "grad_accum": accum,
-        "tokens_per_step": step_tokens,
-        "seconds": elapsed,
-        "model": dataclasses.asdict(mcfg),
-        **{k: v for k, v in last_eval.items() if k != "step"},
-    }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+                summary["mfu"] = flops_tok * summary["tokens_per_s"] / (peak * d.world)
+        if d.main:
+            save_checkpoint(out, model, opt, ckpt_state())
+            (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    finally:
+        log.close()
     return summary
 
 
