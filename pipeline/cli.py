@@ -35,37 +35,74 @@ def _escape(text: str) -> str:
 
 
 @app.command()
-def validate(manifest: Path = typer.Argument(..., help="Manifest YAML file."), set_: List[str] = typer.Option([], "--set", help="Override a field: dotted.path=value (repeatable).")) -> None:
-    """Check a manifest (schema, stage parameters, DAG) without running anything."""
+def validate(
+    manifest: Path = typer.Argument(..., help="Manifest YAML file."),
+    set_: List[str] = typer.Option([], "--set", help="Override a field: dotted.path=value (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Also print the license assessment as JSON on stdout."),
+) -> None:
+    """Check a manifest (schema, stage parameters, DAG, licenses) without running anything."""
+    import json
+
     from pipeline.dag import build_dag
+    from pipeline.licenses import assess, conflict_error
     from pipeline.manifest import load_manifest
 
     try:
         m = load_manifest(manifest, set_)
         dag = build_dag(m)
+        lic = assess(m)
     except PipelineError as exc:
         _fail(exc)
+    if as_json:
+        print(json.dumps({"manifest": str(manifest), "order": dag.order, "output": dag.output, "license": lic.to_dict()}, ensure_ascii=False, indent=2))
+    _print_license(lic)
+    if lic.conflicts:
+        _fail(conflict_error(lic, str(manifest)))
     console.print(f"[green]ok[/] {manifest}: {len(m.sources)} source(s), {len(m.stages)} stage(s); order: {' -> '.join(dag.order)}; output: {dag.output}")
+
+
+def _print_license(lic) -> None:
+    """What `validate` shows of the license assessment: per-source choice, output terms, obligations."""
+    terms = f"{len(lic.conflicts)} conflict(s), below" if lic.conflicts else f"share-alike: {lic.share_alike or 'none'}"
+    console.print(
+        _escape(f"license: output {lic.output_license}; use: {lic.use}; {terms}")
+        + (f"; intended use: {lic.intended_use}" if lic.intended_use else ""),
+        highlight=False,
+    )
+    for name, info in lic.sources.items():
+        line = f"  {name}: {info['license']}" + (f" -> {info['chosen']}" if info["chosen"] != info["license"] else "")
+        console.print(_escape(line), highlight=False)
+        if info["choice"]:
+            console.print(_escape(f"    {info['choice']}"), highlight=False)
+    if lic.obligations:
+        console.print("obligations:", highlight=False)
+        for item in lic.obligations:
+            console.print(_escape(f"  - {item}"), highlight=False)
 
 
 @app.command()
 def run(
     manifest: Path = typer.Argument(..., help="Manifest YAML file."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default out/<manifest name>)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output directory or fsspec URL such as s3://bucket/prefix (default out/<manifest name>)."),
     set_: List[str] = typer.Option([], "--set", help="Override a field: dotted.path=value, e.g. sources.zhwiki.max_pages=100 (repeatable)."),
-    executor: str = typer.Option("local", "--executor", help="Where tasks run: local."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Parallel workers (default: all cores)."),
+    executor: str = typer.Option("local", "--executor", help="Where tasks run: local (process pool) or dask (a distributed cluster)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Parallel workers (default: all cores); with --executor dask and no --scheduler, the local cluster's worker processes."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="--executor dask: address of a running Dask scheduler, e.g. tcp://HOST:8786 (default: start a local cluster)."),
+    worker_memory: Optional[str] = typer.Option(None, "--worker-memory", help="--executor dask, local cluster: memory limit per worker, e.g. 4GB (default: 80% of available memory / workers)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
 ) -> None:
     """Run a manifest's DAG; resumes where an earlier run stopped."""
     from pipeline.executors import make_executor
+    from pipeline.licenses import check as check_licenses
     from pipeline.manifest import load_manifest
     from pipeline.runner import run_manifest
 
     try:
         m = load_manifest(manifest, set_)
-        out_dir = out or Path("out") / m.name
-        with make_executor(executor, workers=workers, console=console) as ex:
+        check_licenses(m)  # run_manifest checks too; refusing here also spares starting an executor
+        out_dir = out or str(Path("out") / m.name)
+        options = {k: v for k, v in (("scheduler", scheduler), ("memory_limit", worker_memory)) if v is not None}
+        with make_executor(executor, workers=workers, console=console, **options) as ex:
             result = run_manifest(m, out_dir, ex, console, progress=not no_progress)
     except PipelineError as exc:
         _fail(exc)
@@ -73,8 +110,8 @@ def run(
         console.print("[yellow]interrupted[/]: finished partitions are kept; run the same command again to resume")
         raise typer.Exit(130)
     console.print(
-        f"[green]done[/] {result.out_dir}: ran {len(result.nodes_run)} node(s), skipped {len(result.nodes_skipped)}; "
-        f"{result.export['rows']:,} documents in {result.out_dir / 'data'}"
+        f"[green]done[/] {_escape(result.location or str(result.out_dir))}: ran {len(result.nodes_run)} node(s), skipped {len(result.nodes_skipped)}; "
+        f"{result.export['rows']:,} documents in {_escape((result.location or str(result.out_dir)).rstrip('/'))}/data"
     )
 
 
@@ -123,45 +160,161 @@ def inspect(
 def train(
     shards: Path = typer.Option(..., "--shards", help="A run's output dir (with tokens/) or a tokens dir."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<name of the shards' run>)."),
-    preset: str = typer.Option("tiny", "--preset", help="Model preset: tiny, 25m, 124m."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A manifest whose train: section gives defaults (over the shards' manifest.lock.yaml); flags win."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Model preset: tiny (default), 25m, 124m."),
+    model_set: List[str] = typer.Option([], "--model", help="Override a model field: KEY=VALUE, e.g. n_layers=4 (repeatable)."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Context length (default: the shards' seq_len)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
-    max_time: Optional[float] = typer.Option(None, "--max-time", help="Seconds."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Micro-batch in sequences."),
-    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Tokens per optimizer step (gradient accumulation)."),
-    lr: float = typer.Option(1e-3, "--lr"),
-    warmup_steps: int = typer.Option(100, "--warmup-steps"),
-    eval_every: int = typer.Option(100, "--eval-every"),
-    ckpt_every: int = typer.Option(500, "--ckpt-every"),
-    device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, mps."),
-    seed: int = typer.Option(0, "--seed"),
+    max_time: Optional[float] = typer.Option(None, "--max-time", help="Seconds; alone, the LR horizon is estimated from the measured step time."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Micro-batch in sequences, per process (default 16)."),
+    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Tokens per optimizer step over all processes (gradient accumulation)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 1e-3)."),
+    min_lr: Optional[float] = typer.Option(None, "--min-lr", help="Final learning rate (default lr/10)."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Default 100."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between evaluations and samples (default 100; 0: only at the end)."),
+    eval_tokens: Optional[int] = typer.Option(None, "--eval-tokens", help="Validation tokens per evaluation (default 65536)."),
+    ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="Default 500."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (cuda, then mps, then cpu; default), cpu, cuda, mps."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoint with the same data order."),
-    export: bool = typer.Option(True, "--export/--no-export", help="Write a Hugging Face export to RUN_DIR/hf at the end."),
+    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model (default: on for CUDA, off elsewhere)."),
+    tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard", help="Write RUN_DIR/tensorboard (default: when tensorboard is installed)."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Sample generations at each evaluation from validation prompts (default 2; 0: none)."),
+    sample_prompts: List[str] = typer.Option([], "--sample-prompt", help="A prompt to continue at each evaluation instead (repeatable)."),
+    sample_tokens: Optional[int] = typer.Option(None, "--sample-tokens", help="New tokens per sample (default 32)."),
+    export: bool = typer.Option(True, "--export/--no-export", help="Write a Hugging Face export with a model card to RUN_DIR/hf at the end."),
+    finetune: Optional[str] = typer.Option(None, "--finetune", help="classification or sft: fine-tune --init-from on the finetune/ examples of --shards instead of pretraining."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Fine-tuning: the pretraining run dir (or its checkpoint/)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning: passes over the training examples (default 3)."),
+    ctx: typer.Context = None,  # injected by typer: tells which options were typed (fine-tuning keeps its own defaults)
 ) -> None:
-    """Pretrain a decoder-only transformer on token shards (CPU works; fast on a GPU)."""
+    """Pretrain a decoder-only transformer on token shards (CPU works; fast on a GPU), or fine-tune one (--finetune)."""
+    if finetune or init_from:
+        # fine-tuning: --finetune TASK (or the finetune: section's task) with --init-from (or its init_from)
+        from pipeline.train.cli_finetune import finetune_command
+        from pipeline.train.config import finetune_section
+
+        try:
+            defaults = finetune_section(shards, config)
+        except PipelineError as exc:
+            _fail(exc)
+        finetune_command(ctx, console, _fail, defaults=defaults)
+        return
     try:
+        from pipeline.train.config import build_config
         from pipeline.train.export import export_hf
-        from pipeline.train.loop import TrainConfig
         from pipeline.train.loop import train as run_training
     except ImportError as exc:
         _fail(PipelineError(f"training needs PyTorch ({exc})", hint="pip install torch (e.g. torch==2.13.0 for a CPU build)"))
+    import os
+
+    main_rank = int(os.environ.get("RANK", "0") or 0) == 0  # under torchrun only rank 0 talks and exports
     run_dir = out or Path("runs") / (shards.resolve().name if shards.name != "tokens" else shards.resolve().parent.name)
-    cfg = TrainConfig(
-        data=str(shards), out_dir=str(run_dir), preset=preset, max_steps=max_steps, max_tokens=max_tokens, max_time=max_time,
-        batch_size=batch_size, batch_tokens=batch_tokens, lr=lr, warmup_steps=warmup_steps, eval_every=eval_every,
-        ckpt_every=ckpt_every, device=device, seed=seed, resume=resume,
+    flags = dict(
+        preset=preset, seq_len=seq_len, max_steps=max_steps, max_tokens=max_tokens, max_time=max_time, batch_size=batch_size,
+        batch_tokens=batch_tokens, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, eval_every=eval_every, eval_tokens=eval_tokens,
+        ckpt_every=ckpt_every, device=device, seed=seed, resume=resume or None, compile=compile_, tensorboard=tensorboard,
+        samples=samples, sample_prompts=sample_prompts or None, sample_tokens=sample_tokens,
     )
     try:
-        result = run_training(cfg)
-        if export:
+        cfg, read = build_config(shards, run_dir, config=config, flags=flags, model_flags=model_set)
+        if main_rank and read:
+            console.print(f"config: {_escape(' < '.join(read))}", highlight=False)
+        with _train_progress(cfg, main_rank) as (on_step, on_log):
+            result = run_training(cfg, on_step=on_step, on_log=on_log)
+        if export and main_rank:
             export_hf(run_dir / "checkpoint", run_dir / "hf")
     except PipelineError as exc:
         _fail(exc)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: a checkpoint was written; add --resume to continue")
         raise typer.Exit(130)
-    summary = {k: result.get(k) for k in ("step", "val_loss", "val_ppl", "tokens_per_s", "mfu") if k in result}
-    console.print(f"[green]done[/] {run_dir}: {_escape(str(summary))}")
+    if main_rank:
+        summary = {k: result.get(k) for k in ("step", "stopped", "val_loss", "val_ppl", "tokens_per_s", "mfu") if k in result}
+        console.print(f"[green]done[/] {_escape(str(run_dir))}: {_escape(str(summary))}")
+
+
+def _train_progress(cfg, show: bool):
+    """(on_step, on_log) callbacks: a progress bar with loss, tokens/s and MFU (CUDA), and a line
+    per evaluation and per sample."""
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextlib.contextmanager
+    def ctx():
+        if not show:
+            yield None, None
+            return
+        bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, disable=not console.is_terminal)
+        task = bar.add_task("", total=cfg.max_steps)
+
+        def on_step(rec: dict) -> None:
+            mfu = f" | mfu {100 * rec['mfu']:.1f}%" if "mfu" in rec else ""
+            bar.update(task, completed=rec["step"], description=f"loss {rec['loss']:.4f} | lr {rec['lr']:.2e} | {rec['tokens_per_s']:,.0f} tok/s{mfu}")
+
+        def on_log(rec: dict) -> None:
+            if rec.get("type") == "eval":
+                bar.console.print(f"step {rec['step']}: val_loss {rec['val_loss']:.4f} (ppl {rec['val_ppl']:.2f})", highlight=False)
+            elif rec.get("type") == "sample":
+                prompt, text = (_escape(t.replace("\n", "\\n")) for t in (rec["prompt"], rec["text"]))  # one line per sample
+                bar.console.print(f"  sample {rec['index']}: [bold]{prompt}[/]{text}", highlight=False)
+            elif rec.get("type") == "horizon":
+                bar.console.print(f"max_time: the schedule ends at step {rec['horizon']} ({rec['seconds_per_step']:.3f} s/step)", highlight=False)
+
+        with bar:
+            yield on_step, on_log
+
+    return ctx()
+
+
+@app.command()
+def generate(
+    run_dir: Path = typer.Argument(..., help="A training run dir (pipeline train --out), its checkpoint/, or a Hugging Face export (RUN/hf)."),
+    prompt: str = typer.Argument(..., help="Text to continue (placed at the start of a new document)."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
+    temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="0: greedy."),
+    top_k: Optional[int] = typer.Option(50, "--top-k", min=1, help="Sample among the k most likely tokens."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, mps."),
+) -> None:
+    """Continue a prompt with a trained model; prints the prompt and its continuation."""
+    try:
+        from pipeline.train.generate import load_for_generation, prompt_context, sample, strip_eos
+        from pipeline.train.loop import pick_device
+    except ImportError as exc:
+        _fail(PipelineError(f"generation needs PyTorch ({exc})", hint="pip install torch"))
+    try:
+        loaded = load_for_generation(run_dir, pick_device(device))
+        ids = sample(loaded.model, prompt_context(loaded, prompt), max_new_tokens, temperature=temperature, top_k=top_k, seed=seed, eos_id=loaded.eos_id)
+    except PipelineError as exc:
+        _fail(exc)
+    print(prompt + loaded.tokenizer.decode(strip_eos(ids, loaded.eos_id)))
+
+
+@app.command()
+def report(
+    out: Path = typer.Argument(..., help="Output directory of a finished run."),
+    train_runs: List[Path] = typer.Option([], "--train", help="A training run directory to add (metrics.json / metrics.jsonl); repeatable."),
+    samples: int = typer.Option(5, "--samples", min=0, help="Removed documents shown per reason (and kept ones per node)."),
+) -> None:
+    """Regenerate the cards and the static HTML report (<out>/report/index.html) without re-running stages."""
+    from pipeline.report import build_report
+    from pipeline.report.facts import check_run
+
+    try:
+        check_run(out)
+        try:
+            from pipeline.cards import write_cards
+        except ImportError:  # cards not installed in this build: the report does not need them
+            write_cards = None
+        if write_cards is not None:
+            write_cards(out)
+        index = build_report(out, train_runs, samples=samples)
+    except PipelineError as exc:
+        _fail(exc)
+    console.print(f"[green]done[/] {_escape(str(index))} (open it in a browser: file://{_escape(str(index.resolve()))})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,6 +24,7 @@ STAGES = {
     "quality_filter": "stages.quality_filter:QualityFilter",
     "dedup": "stages.dedup:Dedup",
     "tokenize": "stages.tokenize:Tokenize",
+    "finetune_data": "stages.finetune_data:FinetuneData",
 }
 
 

@@ -2,6 +2,11 @@
 or MediaWiki XML dumps). Globs are relative to the manifest's folder. One partition per file.
 
 ``resolve()`` hashes every file (sha256), so editing an input re-runs what depends on it.
+
+Fine-tuning sources (``task: classification`` or ``sft``) add string columns: ``label`` (from
+``label_field``, or ``label_value`` for a whole file), or ``instruction`` + ``response`` (with
+``text`` = instruction + "\n" + response, so cleaning and filtering stages still see the text).
+A record without them goes to the ledger (``parse:missing-label`` ...), never silently away.
 """
 
 from __future__ import annotations
@@ -11,13 +16,16 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline import http, storage
 from pipeline.errors import SourceError, StageError
 from pipeline.formats import records as rec_fmt
 from pipeline.manifest import SourceConfig
 from pipeline.stage import DOC_SCHEMA, NodeContext, RunContext, SourceStage, removed_rows
+
+# Columns that rows of a fine-tuning source carry beside DOC_SCHEMA's (all strings).
+TASK_COLUMNS = {"pretrain": [], "classification": ["label"], "sft": ["instruction", "response"]}
 
 Format = Literal["auto", "jsonl", "json", "parquet", "arrow", "txt", "mediawiki-xml"]
 
@@ -32,6 +40,24 @@ class RecordFields(SourceConfig):
     url_field: str | None = None
     txt_mode: Literal["file", "line"] = Field("file", description="txt: one document per file or per line")
     wiki: str | None = Field(None, description="mediawiki-xml: id prefix (default: the dump's dbname)")
+    # Fine-tuning sources: the rows carry `label`, or `instruction` + `response`, beside `text`.
+    task: Literal["pretrain", "classification", "sft"] = Field("pretrain", description="pretrain: text only; classification: + label; sft: + instruction, response")
+    label_field: str | None = Field(None, description="classification: the record field holding the label (any scalar, kept as a string)")
+    label_value: str | None = Field(None, description="classification: one label for every record of this source (files labeled by name, e.g. pos.txt)")
+    instruction_field: str | None = Field(None, description="sft: the record field holding the instruction (prompt)")
+    response_field: str | None = Field(None, description="sft: the record field holding the response (the only tokens with loss)")
+
+    @model_validator(mode="after")
+    def _task_fields(self):
+        if self.task == "classification" and (self.label_field is None) == (self.label_value is None):
+            raise ValueError("task: classification needs exactly one of label_field (the record field with the label) or label_value (one label for the whole source)")
+        if self.task == "sft" and not (self.instruction_field and self.response_field):
+            raise ValueError("task: sft needs instruction_field and response_field (the record fields of the prompt and of the response)")
+        if self.task != "classification" and (self.label_field or self.label_value):
+            raise ValueError(f"label_field / label_value are for task: classification (this source has task: {self.task})")
+        if self.task != "sft" and (self.instruction_field or self.response_field):
+            raise ValueError(f"instruction_field / response_field are for task: sft (this source has task: {self.task})")
+        return self
 
 
 class LocalConfig(RecordFields):
@@ -76,6 +102,8 @@ def read_files(stage: SourceStage, ctx: NodeContext, paths: list[Path]) -> None:
     for i, path in enumerate(paths):
         fmt = cfg.format if cfg.format != "auto" else rec_fmt.detect_format(path.name)
         out, removed = str(ctx.part_path(i)), str(ctx.removed_path(i))
+        if fmt == "mediawiki-xml" and cfg.task != "pretrain":
+            raise StageError(f"task: {cfg.task} needs record files (jsonl, json, parquet, arrow, txt), not a MediaWiki dump", where=f"sources.{cfg.name}: {path.name}", hint="extract the dump's text with a pretraining manifest first, then label it")
         if fmt == "mediawiki-xml":
             from pipeline.formats import mediawiki_xml as mx
 
@@ -85,7 +113,8 @@ def read_files(stage: SourceStage, ctx: NodeContext, paths: list[Path]) -> None:
             tasks.append((parse_dump_task, (str(path), 0, None, wiki, cfg.name, cfg.license, base, None, stage.node, out, removed)))
         else:
             fields = {"text": cfg.text_field, "id": cfg.id_field, "title": cfg.title_field, "url": cfg.url_field}
-            tasks.append((read_records_task, (str(path), fmt, cfg.txt_mode, fields, cfg.name, cfg.license, stage.node, out, removed)))
+            labels = {"task": cfg.task, "label": cfg.label_field, "label_value": cfg.label_value, "instruction": cfg.instruction_field, "response": cfg.response_field}
+            tasks.append((read_records_task, (str(path), fmt, cfg.txt_mode, fields, cfg.name, cfg.license, stage.node, out, removed, labels)))
     ctx.run_tasks(_dispatch, tasks, desc="read files")
 
 
@@ -93,9 +122,14 @@ def _dispatch(fn, args) -> dict:
     return fn(*args)
 
 
-def read_records_task(path: str, fmt: str, txt_mode: str, fields: dict, source: str, license: str, node: str, out_path: str, removed_path: str) -> dict:
+def read_records_task(path: str, fmt: str, txt_mode: str, fields: dict, source: str, license: str, node: str, out_path: str, removed_path: str, labels: dict | None = None) -> dict:
     p = Path(path)
-    cols: dict[str, list] = {n: [] for n in DOC_SCHEMA.names}
+    labels = labels or {"task": "pretrain"}
+    task = labels["task"]
+    schema = DOC_SCHEMA
+    for name in TASK_COLUMNS[task]:
+        schema = schema.append(pa.field(name, pa.string()))
+    cols: dict[str, list] = {n: [] for n in schema.names}
     errors: list[tuple[str, str, str]] = []
     try:
         for n, (status, rec) in enumerate(rec_fmt.iter_records(p, fmt, txt_mode)):
@@ -103,12 +137,29 @@ def read_records_task(path: str, fmt: str, txt_mode: str, fields: dict, source: 
             if status == "error":
                 errors.append((default_id, rec, ""))
                 continue
-            text = rec.get(fields["text"])
-            if not isinstance(text, str):
-                errors.append((default_id, "parse:missing-text-field", str(rec)[:2000]))
-                continue
             doc_id = rec.get(fields["id"]) if fields.get("id") else None
-            cols["id"].append(f"{source}/{doc_id}" if doc_id is not None else default_id)
+            doc_id = f"{source}/{doc_id}" if doc_id is not None else default_id
+            if task == "sft":
+                instruction, response = rec.get(labels["instruction"]), rec.get(labels["response"])
+                bad = "parse:missing-instruction" if not isinstance(instruction, str) else "parse:missing-response" if not isinstance(response, str) else None
+                if bad:
+                    errors.append((doc_id, bad, str(rec)[:2000]))
+                    continue
+                text = instruction + "\n" + response  # the text later stages clean, filter and deduplicate
+                cols["instruction"].append(instruction)
+                cols["response"].append(response)
+            else:
+                text = rec.get(fields["text"])
+                if not isinstance(text, str):
+                    errors.append((default_id, "parse:missing-text-field", str(rec)[:2000]))
+                    continue
+                if task == "classification":
+                    label = labels["label_value"] if labels.get("label_value") is not None else _label(rec.get(labels["label"]))
+                    if label is None:
+                        errors.append((doc_id, "parse:missing-label", str(rec)[:2000]))
+                        continue
+                    cols["label"].append(label)
+            cols["id"].append(doc_id)
             cols["source"].append(source)
             cols["license"].append(license)
             cols["title"].append(_opt_str(rec.get(fields["title"])) if fields.get("title") else (p.stem if fmt == "txt" and txt_mode == "file" else None))
@@ -120,7 +171,7 @@ def read_records_task(path: str, fmt: str, txt_mode: str, fields: dict, source: 
         raise StageError(f"file is not UTF-8 text ({exc})", where=path, hint="convert it to UTF-8") from None
     except (OSError, EOFError, ValueError, pa.ArrowInvalid) as exc:
         raise StageError(f"cannot read file ({type(exc).__name__}: {exc})", where=path, hint="check that the file is complete and of the declared format") from None
-    table = pa.table(cols, schema=DOC_SCHEMA)
+    table = pa.table(cols, schema=schema)
     err = pa.table({"id": [e[0] for e in errors], "source": [source] * len(errors), "title": [None] * len(errors), "text": [e[2] for e in errors]})
     removed = removed_rows(err, node, [e[1] for e in errors], [{"file": p.name} for _ in errors])
     storage.write_parquet(table, Path(out_path))
@@ -129,6 +180,15 @@ def read_records_task(path: str, fmt: str, txt_mode: str, fields: dict, source: 
     for e in errors:
         reasons[e[1]] = reasons.get(e[1], 0) + 1
     return {"in": table.num_rows + len(errors), "out": table.num_rows, "removed": len(errors), "removed_by_reason": reasons}
+
+
+def _label(value) -> str | None:
+    """A scalar label as a string (1 -> "1", True -> "true"); None when missing, empty or not a scalar."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (str, int, float)) and str(value).strip():
+        return str(value).strip()
+    return None
 
 
 def _opt_str(value) -> str | None:

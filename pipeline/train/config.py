@@ -188,3 +188,23 @@ def build_config(data: str | Path, out_dir: str | Path, *, config: str | Path | 
         key = str(exc.errors()[0]["loc"][0]) if exc.errors()[0]["loc"] else ""
         raise _type_error(exc, f"{origin.get(key, 'train config')} train.{key}") from None
     return cfg, [w for w, v in layers if v or w != "command line"]  # files read (even empty sections), flags if any
+
+
+def finetune_section(data: str | Path, config: str | Path | None = None) -> dict:
+    """The ``finetune:`` defaults: the shards' run lock, then ``--config`` (later wins).
+    Keys are checked by ``FinetuneConfig.from_dict``."""
+    merged: dict = {}
+    paths = [p for p in (run_lock(data), Path(config) if config else None) if p is not None]
+    for path in paths:
+        try:
+            doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise TrainError(f"cannot read the finetune: section: {exc}", where=str(path)) from None
+        raw = (doc or {}).get("finetune") if isinstance(doc, dict) else None
+        if raw is None:
+            continue
+        if not isinstance(raw, dict):
+            raise TrainError(f"finetune: must be a mapping, got {type(raw).__name__}", where=f"{path} finetune")
+        merged.update(raw)
+    return merged
+
