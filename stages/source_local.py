@@ -18,7 +18,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from pipeline import http, storage
+from pipeline import http, remote, storage
 from pipeline.errors import SourceError, StageError
 from pipeline.formats import records as rec_fmt
 from pipeline.manifest import SourceConfig
@@ -75,6 +75,12 @@ class LocalSource(SourceStage):
         base = Path(rctx.manifest.path).parent if rctx.manifest is not None else Path.cwd()
         files: list[Path] = []
         for pattern in self.params.paths:
+            if remote.is_url(pattern):  # s3://bucket/dir/*.jsonl: copied into the cache, pinned by sha256
+                urls = remote.expand_inputs(pattern)
+                if not urls:
+                    raise SourceError(f"no file matches {remote.redact(pattern)!r}", where=f"sources.{self.params.name}.paths", hint="check the bucket, prefix and credentials")
+                files.extend(remote.fetch_input(url, rctx.cache_dir)[0] for url in urls)
+                continue
             full = pattern if Path(pattern).is_absolute() else str(base / pattern)
             matched = sorted(Path(p) for p in glob.glob(full, recursive=True) if Path(p).is_file())
             if not matched:

@@ -201,3 +201,29 @@ def test_unreachable_store_fails_clearly(tmp_path):
     assert proc.returncode != 0
     assert "error" in proc.stderr and "s3://grist/nowhere" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_local_source_reads_inputs_from_s3(s3, tmp_path):
+    from tests.conftest import run_cli
+
+    fs = s3.filesystem()
+    local_dir = tmp_path / "in"
+    local_dir.mkdir()
+    for i in range(2):
+        payload = "".join(f'{{"text": "文件 {i} 的第 {j} 行文字。"}}\n' for j in range(5)).encode()
+        fs.pipe(f"grist/inputs/part{i}.jsonl", payload)
+        (local_dir / f"part{i}.jsonl").write_bytes(payload)
+    manifest = tmp_path / "m.yaml"
+    template = "name: r\nsources:\n  - {{name: a, kind: local, paths: ['{p}'], license: CC0-1.0}}\n"
+    env = {**s3.env, "GRIST_CACHE": str(tmp_path / "cache"), "GRIST_STAGING": str(tmp_path / "st")}
+    manifest.write_text(template.format(p="s3://grist/inputs/*.jsonl"), encoding="utf-8")
+    proc = run_cli("run", str(manifest), "--out", str(tmp_path / "from-s3"), "--no-progress", env=env)
+    assert proc.returncode == 0, proc.stderr
+    manifest.write_text(template.format(p=str(local_dir / "*.jsonl")), encoding="utf-8")
+    proc = run_cli("run", str(manifest), "--out", str(tmp_path / "from-disk"), "--no-progress", env=env)
+    assert proc.returncode == 0, proc.stderr
+    for path in sorted((tmp_path / "from-disk" / "data").glob("*.arrow")):
+        assert (tmp_path / "from-s3" / "data" / path.name).read_bytes() == path.read_bytes()
+    manifest.write_text(template.format(p="s3://grist/inputs/none-*.jsonl"), encoding="utf-8")
+    proc = run_cli("run", str(manifest), "--out", str(tmp_path / "none"), "--no-progress", env=env)
+    assert proc.returncode == 2 and "no file matches" in proc.stderr
