@@ -530,3 +530,13 @@ def test_ddp_under_torchrun_matches_one_process(shards, tmp_path):
     # the checkpoint resumes in one process: same global batch, same data order
     more = train(base_config(shards, tmp_path / "ddp", max_steps=4, batch_size=8, resume=True, warmup_steps=2, eval_tokens=1024))
     assert more["step"] == 4
+
+
+def test_tiny_preset_brings_cpu_training_defaults_below_manifest_and_flags(shards, tmp_path):
+    cfg, read = build_config(shards, tmp_path / "r", flags={"preset": "tiny"})
+    assert (cfg.batch_size, cfg.lr, cfg.warmup_steps) == (2, 3e-3, 20)
+    cfg, _ = build_config(shards, tmp_path / "r", flags={"preset": "tiny", "batch_size": 5})
+    assert cfg.batch_size == 5 and cfg.lr == 3e-3  # a flag wins over the preset's default
+    cfg, _ = build_config(shards, tmp_path / "r", flags={"preset": "25m"})
+    assert (cfg.batch_size, cfg.lr, cfg.warmup_steps) == (16, 1e-3, 100)  # other presets: the plain defaults
+

@@ -1,6 +1,7 @@
 """``TrainConfig`` and how it is assembled for ``pipeline train``.
 
-Precedence, lowest first: the dataclass defaults, the ``train:`` section of the shards' run
+Precedence, lowest first: the dataclass defaults, the preset's training defaults
+(``PRESET_TRAIN_DEFAULTS``), the ``train:`` section of the shards' run
 (``<out>/manifest.lock.yaml``, written by ``pipeline run``), the ``train:`` section of an
 explicit ``--config`` manifest, then the command-line flags the user actually passed.  Keys are
 checked against the fields below (and ``model:`` keys against ``ModelConfig``); values are
@@ -21,6 +22,13 @@ from pipeline.train import TrainError
 from pipeline.train.model import ModelConfig
 
 LOCK_FILE = "manifest.lock.yaml"
+
+# Training defaults that come with a preset (below the manifest and the flags). `tiny` is the
+# CPU preset: with a 32k vocabulary its output layer dominates the cost, so a CPU step is kept
+# to ~2k tokens (200 steps in minutes, not an hour) with a higher learning rate and short warmup.
+PRESET_TRAIN_DEFAULTS: dict[str, dict] = {
+    "tiny": {"batch_size": 2, "lr": 3e-3, "warmup_steps": 20},
+}
 
 
 @dataclass
@@ -175,6 +183,8 @@ def build_config(data: str | Path, out_dir: str | Path, *, config: str | Path | 
     merged: dict = {}
     origin: dict[str, str] = {}
     model: dict = {}
+    chosen = next((v["preset"] for _, v in reversed(layers) if "preset" in v), TrainConfig.preset)
+    layers.insert(0, (f"preset {chosen} defaults", PRESET_TRAIN_DEFAULTS.get(chosen, {})))
     for where, values in layers:
         for k, v in values.items():
             if k == "model":
@@ -187,7 +197,7 @@ def build_config(data: str | Path, out_dir: str | Path, *, config: str | Path | 
     except ValidationError as exc:
         key = str(exc.errors()[0]["loc"][0]) if exc.errors()[0]["loc"] else ""
         raise _type_error(exc, f"{origin.get(key, 'train config')} train.{key}") from None
-    return cfg, [w for w, v in layers if v or w != "command line"]  # files read (even empty sections), flags if any
+    return cfg, [w for w, v in layers if v or w not in ("command line",) and not w.startswith("preset ")]  # files read (even empty sections), flags if any
 
 
 def finetune_section(data: str | Path, config: str | Path | None = None) -> dict:
