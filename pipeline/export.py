@@ -124,6 +124,7 @@ def publish_dir(src: Path, dest: Path, fingerprint: str) -> None:
             shutil.copy2(a, b)
 
     shutil.copytree(src, tmp, copy_function=link_or_copy)
-    storage.atomic_write_json(tmp / ".grist_publish.json", {"fingerprint": fingerprint, "from": str(src)})
+    # relative to the run's output dir: two runs of one manifest publish the same bytes
+    storage.atomic_write_json(tmp / ".grist_publish.json", {"fingerprint": fingerprint, "from": os.path.relpath(src, dest.parent)})
     storage.remove_tree(dest)
     os.replace(tmp, dest)

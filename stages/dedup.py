@@ -12,17 +12,21 @@ Phases (``docs/dedup.md`` has the details and the measured figures):
 1. ``signatures`` -- one task per input part: normalized exact key (xxh3-128), MinHash signature
    (``pipeline.minhash``), LSH band hashes. Writes, under ``work/``: the signatures
    (``sig/``, memory-mapped later), exact keys, document ids (Arrow IPC, random access), and one
-   *bucket record* file per part -- (bucket hash, key) rows sorted by bucket hash, one row per
-   band plus one for the exact key -- so that shard ``s`` (a range of bucket hashes) is a
-   contiguous slice of every part's file.
-2. ``buckets`` -- one task per shard: read the shard's slice of every part, sort by bucket hash
-   (stable, so keys stay ascending within a bucket), link each document to the first document of
-   its bucket (linear in the bucket size, never all pairs); with ``verify`` a near edge is kept
+   *bucket record* Parquet file per part (``records/``) -- (bucket hash ``h``, key ``k``) rows sorted
+   by (h, k), one row per band plus one for the exact key.
+2. ``shuffle`` + ``buckets`` -- the executor's ``shuffle`` range-partitions the records on ``h``
+   into shards (shard ``s`` = a range of bucket hashes, every bucket whole in one shard, sorted by
+   (h, k)): the local executor reads each part's row groups in the range, the Dask executor runs a
+   ``dask.dataframe`` shuffle; the shard files are the same bytes. Then one task per shard links
+   each document to the first document of its bucket (keys ascend within a bucket; linear in the
+   bucket size, never all pairs); with ``verify`` a near edge is kept
    only when the signatures' estimated Jaccard reaches ``threshold`` (if the first document
    fails, the previous one in the bucket is tried), and exact edges compare the full 128-bit key.
-3. ``clusters`` (main process) -- connected components over the edge files, streamed pass by pass,
-   with one array of n_docs labels (4 bytes per document below 2**31 documents); every component
-   is labelled with its smallest key.
+3. ``clusters`` -- the executor's ``components``: connected components of the edges, every
+   component labelled with its smallest key, written per input part (only the documents of
+   clusters of 2 or more). The local executor runs a streamed union-find in the main process with
+   one array of n_docs labels (4 bytes per document below 2**31 documents); the Dask executor runs
+   min-label propagation with ``dask.dataframe`` joins and group-bys. Same files.
 4. final -- one task per input part writes kept rows with the cluster columns and the ledger.
 """
 
@@ -46,7 +50,7 @@ from pipeline import minhash as mh
 from pipeline import storage
 from pipeline.stage import NodeContext, Stage, removed_rows
 
-RECORDS_PER_SHARD = 2_000_000  # bucket records per shard when ``shards`` is not set (32 MB on disk, ~125 MB peak per task)
+RECORDS_PER_SHARD = 2_000_000  # bucket records per shard when ``shards`` is not set (32 MB of records, ~125 MB peak per task)
 BATCH_ROWS = 4096
 CLUSTER_COLUMNS = ("dup_cluster_id", "dup_cluster_size")
 
@@ -135,9 +139,24 @@ class Dedup(Stage):
             records = sum(s["bucket_records"] for s in sig_stats)
             shards = p.shards or max(1, math.ceil(records / RECORDS_PER_SHARD))
             bounds = [(s << 64) // shards for s in range(shards)] + [1 << 64]
+            buckets_done = all((ctx.dir / "_tasks" / f"buckets-part-{s:05d}.json").exists() for s in range(shards))
+            # the exchange between phases is the executor's shuffle (Dask's own on a cluster)
+            shard_files = (
+                [str(work / "shards" / f"shard-{s:05d}.parquet") for s in range(shards)]
+                if buckets_done
+                else ctx.executor.shuffle(
+                    [str(_wpath(work, "records", i, ".parquet")) for i in range(len(parts))],
+                    "h",
+                    bounds,
+                    str(work / "shards"),
+                    sort_by=["h", "k"],
+                    desc=f"{ctx.name}: shuffle",
+                    progress=ctx.run.progress,
+                )
+            )
             bucket_stats = ctx.run_tasks(
                 _bucket_task,
-                [(s, bounds[s], bounds[s + 1], offsets, cfg, str(work)) for s in range(shards)],
+                [(s, shard_files[s], offsets, cfg, str(work)) for s in range(shards)],
                 desc="buckets",
                 phase="buckets",
             )
@@ -313,14 +332,13 @@ def _signature_task(part_path: str, part_index: int, offset: int, cfg: dict, wor
         ks.append(keys[~empty])
     h = np.concatenate(hs) if hs else np.zeros(0, np.uint64)
     k = np.concatenate(ks) if ks else np.zeros(0, np.int64)
-    order = np.argsort(h, kind="stable")
+    order = np.lexsort((k, h))  # sorted by bucket hash: the local shuffle reads only the row groups of a shard
     sig.flush()
     del sig
     os.replace(sig_tmp, sig_path)
     _save_npy(_wpath(work, "exact", part_index, ".npy"), exact)
     _save_npy(_wpath(work, "flags", part_index, ".npy"), (empty.astype(np.uint8) | (has.astype(np.uint8) << 1) | (char_mode.astype(np.uint8) << 2)))
-    _save_npy(_wpath(work, "buckets", part_index, ".h.npy"), h[order])
-    _save_npy(_wpath(work, "buckets", part_index, ".k.npy"), k[order])
+    storage.write_parquet(pa.table({"h": h[order], "k": k[order]}), _wpath(work, "records", part_index, ".parquet"))
     id_path = _wpath(work, "ids", part_index, ".arrow")
     id_table = pa.table({"id": pa.concat_arrays(ids) if ids else pa.array([], pa.string())})
     id_path.parent.mkdir(parents=True, exist_ok=True)
@@ -332,28 +350,26 @@ def _signature_task(part_path: str, part_index: int, offset: int, cfg: dict, wor
 
 
 def _peak_rss_mb() -> float:
+    """The worker's peak RSS. VmHWM first: Linux carries ru_maxrss over fork and exec, so a pool or
+    Dask worker would report its parent's peak."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 # ------------------------------------------------------------------------------------ phase 2
-def _bucket_task(shard: int, lo: int, hi: int, offsets: list[int], cfg: dict, work: str) -> dict:
-    hs, ks = [], []
-    n_parts = len(offsets) - 1
-    for part in range(n_parts):
-        h = np.load(_wpath(work, "buckets", part, ".h.npy"), mmap_mode="r")
-        if not len(h):
-            continue
-        i0 = int(np.searchsorted(h, np.uint64(lo), side="left")) if lo else 0
-        i1 = int(np.searchsorted(h, np.uint64(hi), side="left")) if hi < (1 << 64) else len(h)
-        if i1 > i0:
-            hs.append(np.array(h[i0:i1]))
-            ks.append(np.array(np.load(_wpath(work, "buckets", part, ".k.npy"), mmap_mode="r")[i0:i1]))
-    h = np.concatenate(hs) if hs else np.zeros(0, np.uint64)
-    k = np.concatenate(ks) if ks else np.zeros(0, np.int64)
-    del hs, ks
-    order = np.argsort(h, kind="stable")  # parts were concatenated in order: keys stay ascending within a bucket
-    h, k = h[order], k[order]
-    del order
+def _bucket_task(shard: int, shard_path: str, offsets: list[int], cfg: dict, work: str) -> dict:
+    # the executor's shuffle gathered every record of this range of bucket hashes, sorted by
+    # (hash, key): within a bucket, keys ascend, whichever executor or worker count did it
+    records = pq.read_table(shard_path)
+    h = records["h"].to_numpy()
+    k = records["k"].to_numpy()
+    del records
     m = len(h)
     first = np.ones(m, bool)
     if m > 1:
@@ -393,7 +409,8 @@ def _bucket_task(shard: int, lo: int, hi: int, offsets: list[int], cfg: dict, wo
     edges = np.stack([eu, ev], axis=1) if len(eu) else np.zeros((0, 2), np.int64)
     if len(edges):
         edges = np.unique(edges, axis=0)
-    _save_npy(Path(work) / "edges" / f"shard-{shard:05d}.npy", edges.astype(np.int64))
+    edges = edges.astype(np.int64)
+    storage.write_parquet(pa.table({"u": edges[:, 0], "v": edges[:, 1]}), Path(work) / "edges" / f"shard-{shard:05d}.parquet")
     return {
         "records": int(m),
         "candidates": int(len(u)),
@@ -407,32 +424,27 @@ def _bucket_task(shard: int, lo: int, hi: int, offsets: list[int], cfg: dict, wo
 
 # ------------------------------------------------------------------------------------ phase 3
 def _cluster(work: Path, n_docs: int, offsets: list[int], shards: int, ctx: NodeContext) -> dict:
+    """Connected components of the edges, by the executor (a union-find here, label propagation on
+    Dask): per input part, the documents of clusters of 2 or more with their cluster's smallest key."""
     marker = work / "clusters" / "_DONE.json"
     if marker.exists():
         return storage.read_json(marker)
-    edge_files = [work / "edges" / f"shard-{s:05d}.npy" for s in range(shards)]
-
-    def chunks():
-        for f in edge_files:
-            e = np.load(f)
-            yield e[:, 0], e[:, 1]
-
-    labels, passes, hooks = mh.connected_components(n_docs, chunks)
-    sizes = np.bincount(labels, minlength=n_docs).astype(np.int32)
-    for part in range(len(offsets) - 1):
-        root = labels[offsets[part] : offsets[part + 1]].astype(np.int64)
-        _save_npy(_wpath(work, "clusters", part, ".root.npy"), root)
-        _save_npy(_wpath(work, "clusters", part, ".size.npy"), sizes[root])
-    dup_clusters = int((sizes > 1).sum())
+    edge_files = [str(work / "edges" / f"shard-{s:05d}.parquet") for s in range(shards)]
+    outs, how = ctx.executor.components(edge_files, offsets, str(work / "clusters"), desc=f"{ctx.name}: clusters", progress=ctx.run.progress)
+    dup_clusters = members = largest = 0
+    for out in outs:
+        t = pq.read_table(out)
+        if t.num_rows:
+            members += t.num_rows
+            dup_clusters += int(pc.sum(pc.equal(t["node"], t["label"])).as_py())
+            largest = max(largest, int(pc.max(t["size"]).as_py()))
     stats = {
         "clusters_with_duplicates": dup_clusters,
-        "documents_in_duplicate_clusters": int(sizes[sizes > 1].sum()),
-        "largest_cluster": int(sizes.max()) if n_docs else 0,
-        "union_find_passes": passes,
-        "union_find_hooks": hooks,
-        "union_find_array_mb": round((labels.nbytes + sizes.nbytes) / 1e6, 1),
+        "documents_in_duplicate_clusters": members,
+        "largest_cluster": largest or (1 if n_docs else 0),
+        **how,
     }
-    ctx.run.console.log(f"\\[{ctx.name}] {dup_clusters:,} duplicate clusters ({stats['documents_in_duplicate_clusters']:,} documents) in {passes} passes")
+    ctx.run.console.log(f"\\[{ctx.name}] {dup_clusters:,} duplicate clusters ({members:,} documents)")
     storage.atomic_write_json(marker, stats)
     return stats
 
@@ -442,9 +454,13 @@ def _final_task(part_path: str, part_index: int, offsets: list[int], cfg: dict, 
     table = storage.read_parquet(Path(part_path))
     n = table.num_rows
     offset = offsets[part_index]
-    root = np.load(_wpath(work, "clusters", part_index, ".root.npy"))
-    size = np.load(_wpath(work, "clusters", part_index, ".size.npy"))
     keys = np.arange(offset, offset + n, dtype=np.int64)
+    members = pq.read_table(Path(work) / "clusters" / f"shard-{part_index:05d}.parquet")  # only documents with duplicates
+    root = keys.copy()
+    size = np.ones(n, np.int32)
+    local = members["node"].to_numpy() - offset
+    root[local] = members["label"].to_numpy()
+    size[local] = members["size"].to_numpy()
     keep = root == keys
     for col in CLUSTER_COLUMNS:
         if col in table.column_names:
