@@ -171,8 +171,12 @@ def test_killed_worker_with_no_retries_fails_clearly_then_resumes(local_ref, run
     finally:
         c.scheduler.allowed_failures = saved
     assert done.get("killed"), "no quality task was seen running"
-    assert proc.returncode != 0, (done, proc.stderr[-3000:])
     assert "Traceback" not in proc.stderr, proc.stderr
+    if proc.returncode == 0:
+        # Race: the task finished (and its result reached the scheduler) just before the kill, so
+        # nothing was lost: the run must then have recovered with the same bytes.
+        assert_same_outputs(local_ref, out)
+        return
     assert "died" in proc.stderr and "node 'quality'" in proc.stderr and "run the same command again" in proc.stderr, proc.stderr
     assert not (out / "stages" / "quality" / "_COMPLETE").exists() and not (out / "data").exists()
     assert (out / "stages" / "lang" / "_COMPLETE").exists()
