@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from pipeline.train import TrainError
 from pipeline.train.loop import pick_device
-from pipeline.train.model import ModelConfig, Transformer, rope_cache
+from pipeline.train.model import ModelConfig, Transformer
 
 TASKS = ("classification", "sft")
 POOLINGS = ("mean", "last")
@@ -255,14 +255,7 @@ def check_compatible(state: dict, index: dict, ckpt: Path, ft_dir: Path) -> None
 # ---------------------------------------------------------------------------------------- model
 def hidden_states(model: Transformer, idx: torch.Tensor) -> torch.Tensor:
     """Final-norm hidden states ``[B, T, dim]``: Transformer.forward without the tied LM head."""
-    T = idx.shape[1]
-    if T > model.cfg.max_seq_len:
-        raise TrainError(f"sequence of {T} tokens exceeds the model's max_seq_len {model.cfg.max_seq_len}")
-    cos, sin = rope_cache(model.cfg, T, idx.device)
-    x = model.embed_tokens(idx)
-    for layer in model.layers:
-        x = layer(x, cos, sin)
-    return model.norm(x)
+    return model.hidden(idx)
 
 
 class Classifier(nn.Module):

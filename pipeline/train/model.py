@@ -136,16 +136,20 @@ class Transformer(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=self.cfg.init_std)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """Logits [B, T, V]; with targets, (logits, mean cross-entropy)."""
-        B, T = idx.shape
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states [B, T, dim] (what the LM head and fine-tuning heads read)."""
+        T = idx.shape[1]
         if T > self.cfg.max_seq_len:
             raise TrainError(f"sequence of {T} tokens exceeds the model's max_seq_len {self.cfg.max_seq_len}")
         cos, sin = rope_cache(self.cfg, T, idx.device)
         x = self.embed_tokens(idx)
         for layer in self.layers:
             x = layer(x, cos, sin)
-        logits = F.linear(self.norm(x), self.embed_tokens.weight)  # tied output head
+        return self.norm(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """Logits [B, T, V]; with targets, (logits, mean cross-entropy)."""
+        logits = F.linear(self.hidden(idx), self.embed_tokens.weight)  # tied output head
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
