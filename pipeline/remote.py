@@ -21,8 +21,6 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterable
-
 from pipeline.errors import PipelineError
 
 # Written last on upload and removed first: a remote node is complete only when all its files are there.
@@ -179,9 +177,6 @@ class RemoteDir:
             self._state[rel] = {"remote": _remote_tag(info), "local": local[rel]}
         self._save_state()
         return len(changed)
-
-    def push_many(self, prefixes: Iterable[str]) -> int:
-        return sum(self.push(p) for p in prefixes if (self.local / p).exists() or self._remote_files(p))
 
     def _rm(self, rel: str) -> None:
         try:

@@ -95,9 +95,15 @@ def run_manifest(manifest, out_dir: Path | str, executor: Executor, console, *, 
     console.log(f"output {remote.redact(store.url)}: working copy {store.local}; pulled {store.pull()} changed file(s)")
     try:
         result = _run(manifest, store.local, executor, console, progress=progress, after_node=lambda name: store.push(f"stages/{name}"))
-    finally:
-        pushed = store.push()  # partial nodes too (no _COMPLETE): a re-run elsewhere reuses their finished partitions
-        console.log(f"pushed {pushed} changed file(s) to {remote.redact(store.url)}")
+    except BaseException:
+        # Keep what finished (partial nodes have no _COMPLETE): a re-run elsewhere reuses it.
+        # A failing upload here must not hide the error that stopped the run.
+        try:
+            store.push()
+        except remote.RemoteError as exc:
+            console.log(f"could not push the partial run to {remote.redact(store.url)}: {exc}")
+        raise
+    console.log(f"pushed {store.push()} changed file(s) to {remote.redact(store.url)}")
     result.location = store.url
     return result
 
