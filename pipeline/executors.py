@@ -56,6 +56,14 @@ class Executor:
     def close(self) -> None:
         pass
 
+    def attach_stores(self, out, cache=None) -> None:
+        """The run's output (and download cache) live in object stores (``RemoteDir``s): executors
+        whose workers may not see the runner's files exchange them through the stores. The local
+        executor's workers are on this machine: nothing to do."""
+
+    def detach_stores(self) -> None:
+        pass
+
     def shuffle(self, inputs: list[str], key: str, bounds: list[int], dest: str, sort_by: list[str] | None = None, desc: str = "shuffle", progress: bool = True) -> list[str]:
         """Range-partition the rows of the Parquet files ``inputs`` on the integer column ``key``.
 

@@ -18,6 +18,12 @@
   ``dask.dataframe`` joins and group-bys, range-partitioned like ``shuffle``: no array of one
   label per document in the runner.
 
+* With the output in an object store (``--out s3://…``, ``attach_stores``), workers need not see
+  the runner's files: the runner pushes its new files before each phase and pulls after it, and
+  tasks run through ``pipeline.task_sync.run_mirrored`` (a worker that sees the runner's working
+  copy uses it; one that does not fetches its inputs from the store and uploads its outputs);
+  shuffles read their inputs from the store.
+
 Workers must import the ``pipeline`` and ``stages`` packages: install the package where they run
 (a ``LocalCluster`` inherits this interpreter's environment; see ``docker/`` for a cluster).
 """
@@ -39,6 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from distributed import Client, LocalCluster, as_completed
 
+from pipeline import remote, task_sync
 from pipeline.errors import PipelineError, StageError
 from pipeline.executors import COMPONENT_SCHEMA, Call, Executor, _shuffle_outputs, available_cores, make_progress, write_sorted_shard
 
@@ -63,6 +70,8 @@ class DaskExecutor(Executor):
         self.console = console
         self.retries = retries
         self.cluster: LocalCluster | None = None
+        self._mirror: task_sync.Mirror | None = None
+        self._stores: list = []  # (RemoteDir, delete on push)
         if scheduler:
             try:
                 self.client = Client(scheduler, timeout=connect_timeout)
@@ -104,17 +113,55 @@ class DaskExecutor(Executor):
         if self.console is not None:
             self.console.log(message)
 
+    # --------------------------------------------------------------------- object stores
+    def attach_stores(self, out, cache=None) -> None:
+        """Let workers that do not see the runner's working copies use the stores instead."""
+        token = task_sync.TOKEN_PREFIX + uuid.uuid4().hex
+        self._stores = [(out, True)] + ([(cache, False)] if cache is not None else [])  # a shared cache loses nothing on push
+        for store, _ in self._stores:
+            (store.local / token).write_text("the runner of a grist run: workers that see this file share its working copy\n")
+        self._mirror = task_sync.Mirror(tuple(task_sync.StoreRoot(str(store.local), store.url, token) for store, _ in self._stores))
+        seen = self.client.run(_sees_roots, self._mirror)
+        blind = sorted(w for w, flags in seen.items() if not all(flags))
+        where = " and ".join(remote.redact(store.url) for store, _ in self._stores)
+        if blind:
+            self._log(f"Dask: {len(blind)} of {len(seen)} worker(s) do not see this machine's working copy; they exchange files through {where}")
+        else:
+            self._log(f"Dask: every worker sees the working copy; {where} is synchronized before and after each phase")
+
+    def detach_stores(self) -> None:
+        if self._mirror is not None:
+            for root in self._mirror.roots:
+                (Path(root.runner_path) / root.token).unlink(missing_ok=True)
+        self._mirror, self._stores = None, []
+
+    def _sync_up(self) -> None:
+        """Before a phase: what the runner wrote (and the parts of workers on this machine) goes up."""
+        for store, delete in self._stores:
+            store.push(delete=delete)
+
+    def _sync_down(self) -> None:
+        """After a phase: what workers uploaded comes down to the runner's copy."""
+        if self._stores:
+            self._stores[0][0].pull()
+
+    def _wrap(self, fn, args: tuple):
+        if self._mirror is None:
+            return fn, args
+        return task_sync.run_mirrored, (self._mirror, fn, args)
+
     # ------------------------------------------------------------------------------ map
     def map(self, calls: list[Call], desc: str = "", progress: bool = True) -> Iterator[tuple[int, Any]]:
         if not calls:
             return
         prefix = _key_prefix(desc)
         token = uuid.uuid4().hex[:8]
+        self._sync_up()
         with make_progress(self.console, transient=False) as bar:
             task = bar.add_task(desc, total=len(calls), visible=progress)
             futures = [
-                self.client.submit(fn, *args, key=f"{prefix}-{token}-{i}", pure=False, retries=self.retries)
-                for i, (fn, args) in enumerate(calls)
+                self.client.submit(wrapped, *wrapped_args, key=f"{prefix}-{token}-{i}", pure=False, retries=self.retries)
+                for i, (wrapped, wrapped_args) in enumerate(self._wrap(fn, args) for fn, args in calls)
             ]
             index = {f.key: i for i, f in enumerate(futures)}
             try:
@@ -127,6 +174,7 @@ class DaskExecutor(Executor):
                     yield i, result
             finally:
                 self.client.cancel([f for f in futures if not f.done()])
+        self._sync_down()
 
     # -------------------------------------------------------------------------- shuffle
     def shuffle(self, inputs: list[str], key: str, bounds: list[int], dest: str, sort_by: list[str] | None = None, desc: str = "shuffle", progress: bool = True) -> list[str]:
@@ -134,9 +182,16 @@ class DaskExecutor(Executor):
         if not todo:
             return outs
         schema = pq.read_schema(inputs[0])
-        frame = dd.read_parquet(inputs) if sum(pq.ParquetFile(p).metadata.num_rows for p in inputs) else None
+        frame = dd.read_parquet(self._sources(inputs)) if sum(pq.ParquetFile(p).metadata.num_rows for p in inputs) else None
         self._write_ranges(frame, key, bounds, outs, todo, schema, sort_by or [key], desc, progress)
         return outs
+
+    def _sources(self, paths: list[str]) -> list[str]:
+        """Where workers read shuffle inputs: the runner's files, or their copies in the store."""
+        if self._mirror is None:
+            return paths
+        self._sync_up()
+        return [self._mirror.url_of(p) for p in paths]
 
     def _write_ranges(self, frame, key: str, bounds: list[int], outs: list[str], todo: list[int], schema: pa.Schema, sort_by: list[str], desc: str, progress: bool) -> None:
         """Range-partition ``frame`` on ``key`` (``set_index`` with explicit divisions: Dask's shuffle)
@@ -154,7 +209,8 @@ class DaskExecutor(Executor):
             if s not in parts:
                 write_sorted_shard(schema.empty_table(), sort_by, outs[s], schema)
                 continue
-            writes.append(dask.delayed(_write_partition)(parts[s], key, sort_by, outs[s], schema, dask_key_name=f"{_key_prefix(desc)}-write-{s}"))
+            fn, args = self._wrap(_write_partition, (parts[s], key, sort_by, outs[s], schema))
+            writes.append(dask.delayed(fn)(*args, dask_key_name=f"{_key_prefix(desc)}-write-{s}"))
         futures = self.client.compute(writes, retries=self.retries)
         shard_of = {f.key: s for f, s in zip(futures, [s for s in todo if s in parts])}
         with make_progress(self.console, transient=False) as bar:
@@ -166,6 +222,7 @@ class DaskExecutor(Executor):
                     bar.advance(task)
             finally:
                 self.client.cancel([f for f in futures if not f.done()])
+        self._sync_down()
 
     # ---------------------------------------------------------------------- components
     def components(self, edges: list[str], bounds: list[int], dest: str, desc: str = "components", progress: bool = True) -> tuple[list[str], dict]:
@@ -178,7 +235,7 @@ class DaskExecutor(Executor):
         n_edges = sum(pq.ParquetFile(p).metadata.num_rows for p in edges)
         frame, rounds = None, 0
         if n_edges:
-            e = dd.read_parquet(edges, columns=["u", "v"])
+            e = dd.read_parquet(self._sources(edges), columns=["u", "v"])
             both = dd.concat([e.rename(columns={"u": "a", "v": "b"}), e.rename(columns={"v": "a", "u": "b"})[["a", "b"]]]).persist()
             lab = both.groupby("a").b.min().to_frame("l").reset_index()
             lab["l"] = lab.l.where(lab.l < lab.a, lab.a)
@@ -207,6 +264,7 @@ class DaskExecutor(Executor):
         return outs, {"label_propagation_rounds": rounds}
 
     def close(self) -> None:
+        self.detach_stores()
         try:
             self.client.close()
         finally:
@@ -228,6 +286,11 @@ def _parse_memory(value: str | int) -> int:
     if limit < 256 * 2**20:
         raise PipelineError(f"{value!r} is less than 256 MiB per worker", where="--worker-memory", hint="a worker holds the interpreter, pyarrow and models: give it at least 1 GB")
     return limit
+
+
+def _sees_roots(mirror: task_sync.Mirror) -> list[bool]:
+    """On a worker: which of the runner's working copies it sees."""
+    return [root.shared() for root in mirror.roots]
 
 
 def _write_partition(frame, key: str, sort_by: list[str], out: str, schema: pa.Schema) -> int:

@@ -90,6 +90,7 @@ class RemoteDir:
     def _remote_files(self, prefix: str = "") -> dict[str, str]:
         base = f"{self.root}/{prefix}".rstrip("/")
         try:
+            self.fs.invalidate_cache(base)  # other machines (Dask workers) write here too: no stale listing
             if not self.fs.exists(base):
                 return {}
             found = self.fs.find(base, detail=True)
@@ -114,14 +115,14 @@ class RemoteDir:
         out = {}
         for p in files:
             rel = p.relative_to(self.local).as_posix()
-            if rel == STATE_FILE or p.name.startswith(".") and ".tmp-" in p.name:
+            if p.name.startswith(".grist-") or p.name.startswith(".") and ".tmp-" in p.name:
                 continue
             st = p.stat()
             out[rel] = [st.st_size, st.st_mtime_ns]
         return out
 
     def _save_state(self) -> None:
-        tmp = self._state_path.with_name(self._state_path.name + ".tmp")
+        tmp = self._state_path.with_name(f"{self._state_path.name}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(self._state, sort_keys=True))
         os.replace(tmp, self._state_path)
 
@@ -136,26 +137,21 @@ class RemoteDir:
             known = self._state.get(rel, {})
             if dest.exists() and known.get("remote") == tag and known.get("local") == _stat(dest):
                 continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-            try:
-                self.fs.get_file(f"{self.root}/{rel}", str(tmp))
-            except Exception as exc:  # noqa: BLE001
-                tmp.unlink(missing_ok=True)
-                raise RemoteError(f"cannot download {redact(self.url)}/{rel}: {type(exc).__name__}: {exc}") from None
-            os.replace(tmp, dest)
+            self._download(rel, dest)
             self._state[rel] = {"remote": tag, "local": _stat(dest)}
             fetched += 1
         self._save_state()
         return fetched
 
-    def push(self, prefix: str = "") -> int:
+    def push(self, prefix: str = "", delete: bool = True) -> int:
         """Mirror the local ``prefix`` (a folder or file, relative to the working copy) to the
         store: delete what is gone, upload what changed, completion markers last.
+        Only files this copy has seen (pulled or pushed) are deleted: a file another machine
+        uploaded meanwhile (a Dask worker's finished partition) stays.
         Returns the number of files uploaded."""
         local = self._local_files(prefix)
         remote = self._remote_files(prefix)
-        stale = [rel for rel in remote if rel not in local]
+        stale = [rel for rel in remote if rel not in local and rel in self._state] if delete else []
         # Markers first, so a reader never sees a complete node with missing or stale files.
         stale.sort(key=lambda rel: (Path(rel).name not in LAST, rel))
         for rel in stale:
@@ -177,6 +173,58 @@ class RemoteDir:
             self._state[rel] = {"remote": _remote_tag(info), "local": local[rel]}
         self._save_state()
         return len(changed)
+
+    def fetch(self, rel: str, folders: bool = True) -> list[str]:
+        """Make the local copy of ``rel`` (a file, or with ``folders`` a folder) current; returns
+        the files it holds (empty when the store has nothing there; a stale local file is then
+        removed)."""
+        path = f"{self.root}/{rel}"
+        try:
+            self.fs.invalidate_cache(path)
+            info = self.fs.info(path)
+        except FileNotFoundError:
+            info = None
+        except Exception as exc:  # noqa: BLE001
+            raise RemoteError(f"cannot read {redact(self.url)}/{rel}: {type(exc).__name__}: {exc}") from None
+        if info is None or info.get("type") == "directory":
+            if info is not None:
+                if not folders:
+                    return []
+                self.pull(rel)
+                return sorted(r for r in self._state if r.startswith(rel.rstrip("/") + "/"))
+            dest = self.local / rel
+            if dest.is_file():
+                dest.unlink()  # left by an earlier run; the store is the truth
+            return []
+        dest = self.local / rel
+        tag = _remote_tag(info)
+        known = self._state.get(rel, {})
+        if not (dest.exists() and known.get("remote") == tag and known.get("local") == _stat(dest)):
+            self._download(rel, dest)
+            self._state[rel] = {"remote": tag, "local": _stat(dest)}
+            self._save_state()
+        return [rel]
+
+    def upload(self, rels: list[str]) -> None:
+        """Upload these files of the local copy, in the given order (no deletion, no listing)."""
+        for rel in rels:
+            try:
+                self.fs.put_file(str(self.local / rel), f"{self.root}/{rel}")
+                info = self.fs.info(f"{self.root}/{rel}")
+            except Exception as exc:  # noqa: BLE001
+                raise RemoteError(f"cannot upload {rel} to {redact(self.url)}: {type(exc).__name__}: {exc}", hint="check credentials and free space") from None
+            self._state[rel] = {"remote": _remote_tag(info), "local": _stat(self.local / rel)}
+        self._save_state()
+
+    def _download(self, rel: str, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+        try:
+            self.fs.get_file(f"{self.root}/{rel}", str(tmp))
+        except Exception as exc:  # noqa: BLE001
+            tmp.unlink(missing_ok=True)
+            raise RemoteError(f"cannot download {redact(self.url)}/{rel}: {type(exc).__name__}: {exc}") from None
+        os.replace(tmp, dest)
 
     def _rm(self, rel: str) -> None:
         try:

@@ -94,7 +94,7 @@ def run_manifest(manifest, out_dir: Path | str, executor: Executor, console, *, 
     store = remote.RemoteDir(str(out_dir))
     console.log(f"output {remote.redact(store.url)}: working copy {store.local}; pulled {store.pull()} changed file(s)")
     try:
-        result = _run(manifest, store.local, executor, console, progress=progress, after_node=lambda name: store.push(f"stages/{name}"))
+        result = _run(manifest, store.local, executor, console, progress=progress, after_node=lambda name: store.push(f"stages/{name}"), store=store)
     except BaseException:
         # Keep what finished (partial nodes have no _COMPLETE): a re-run elsewhere reuses it.
         # A failing upload here must not hide the error that stopped the run.
@@ -108,10 +108,23 @@ def run_manifest(manifest, out_dir: Path | str, executor: Executor, console, *, 
     return result
 
 
-def _run(manifest, out_dir: Path, executor: Executor, console, *, progress: bool = True, after_node=None) -> RunResult:
+def _run(manifest, out_dir: Path, executor: Executor, console, *, progress: bool = True, after_node=None, store=None) -> RunResult:
     out_dir.mkdir(parents=True, exist_ok=True)
-    stages_dir = out_dir / "stages"
     rctx = RunContext(out_dir=out_dir, cache_dir=default_cache_dir(manifest), console=console, manifest=manifest, progress=progress)
+    if store is None:
+        return _walk(manifest, rctx, executor, console, after_node=after_node)
+    # workers that do not see this machine's files (a cluster without a shared volume) use the stores
+    cache = remote.cache_mirror_for(rctx.cache_dir)
+    executor.attach_stores(store, cache[0] if cache else None)
+    try:
+        return _walk(manifest, rctx, executor, console, after_node=after_node)
+    finally:
+        executor.detach_stores()
+
+
+def _walk(manifest, rctx: RunContext, executor: Executor, console, *, after_node=None) -> RunResult:
+    out_dir = rctx.out_dir
+    stages_dir = out_dir / "stages"
     dag = build_dag(manifest)
     impls = instantiate(dag)
     result = RunResult(out_dir=out_dir)

@@ -411,7 +411,9 @@ def load_tokenizer(path: str | Path) -> TextTokenizer:
 @functools.lru_cache(maxsize=4)
 def cached_tokenizer(path: str, sha256: str) -> TextTokenizer:
     """One tokenizer per worker process and tokenizer version (``sha256`` keys the cache)."""
-    return load_tokenizer(path)
+    from pipeline.task_sync import ensure_local
+
+    return load_tokenizer(ensure_local(path))  # a worker without the runner's files gets the folder from the store
 
 
 def resolve_special(tok: TextTokenizer, token: str | None, default: int | None, what: str) -> int | None:

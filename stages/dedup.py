@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipeline import minhash as mh
 from pipeline import storage
 from pipeline.stage import NodeContext, Stage, removed_rows
+from pipeline.task_sync import ensure_local
 
 RECORDS_PER_SHARD = 2_000_000  # bucket records per shard when ``shards`` is not set (32 MB of records, ~125 MB peak per task)
 BATCH_ROWS = 4096
@@ -247,10 +248,10 @@ class _Lookup:
         key = (kind, part)
         if key not in self._cache:
             if kind == "ids":
-                with pa.memory_map(str(_wpath(self.work, "ids", part, ".arrow"))) as source:
+                with pa.memory_map(str(ensure_local(_wpath(self.work, "ids", part, ".arrow")))) as source:
                     self._cache[key] = pa.ipc.open_file(source).read_all().column(0)
             else:
-                self._cache[key] = np.load(_wpath(self.work, kind, part, ".npy"), mmap_mode="r")
+                self._cache[key] = np.load(ensure_local(_wpath(self.work, kind, part, ".npy")), mmap_mode="r")
         return self._cache[key]
 
     def part_of(self, keys: np.ndarray) -> np.ndarray:
@@ -455,7 +456,7 @@ def _final_task(part_path: str, part_index: int, offsets: list[int], cfg: dict, 
     n = table.num_rows
     offset = offsets[part_index]
     keys = np.arange(offset, offset + n, dtype=np.int64)
-    members = pq.read_table(Path(work) / "clusters" / f"shard-{part_index:05d}.parquet")  # only documents with duplicates
+    members = pq.read_table(ensure_local(Path(work) / "clusters" / f"shard-{part_index:05d}.parquet"))  # only documents with duplicates
     root = keys.copy()
     size = np.ones(n, np.int32)
     local = members["node"].to_numpy() - offset
@@ -475,9 +476,9 @@ def _final_task(part_path: str, part_index: int, offsets: list[int], cfg: dict, 
     kroot = root[gone]
     kept_ids = look.ids(kroot)
     if len(gone):
-        own_exact = np.load(_wpath(work, "exact", part_index, ".npy"), mmap_mode="r")[gone]
+        own_exact = np.load(ensure_local(_wpath(work, "exact", part_index, ".npy")), mmap_mode="r")[gone]
         is_exact = (own_exact == look.rows("exact", kroot)).all(axis=1) & cfg["exact"]
-        own_sig = np.load(_wpath(work, "sig", part_index, ".npy"), mmap_mode="r")
+        own_sig = np.load(ensure_local(_wpath(work, "sig", part_index, ".npy")), mmap_mode="r")
         jac = np.empty(len(gone))
         for c0 in range(0, len(gone), 65536):
             sl = slice(c0, c0 + 65536)

@@ -186,6 +186,48 @@ def test_killed_worker_with_no_retries_fails_clearly_then_resumes(local_ref, run
     assert_same_outputs(local_ref, out)
 
 
+@pytest.mark.slow
+def test_workers_without_the_runners_files_exchange_them_through_s3(local_ref, run_args, tmp_path, monkeypatch):
+    """Two "machines": one worker sees the runner's working copy, the other does not (its own
+    staging folder, GRIST_SHARED_FS=0), so it fetches its inputs from S3 and uploads its outputs.
+    The store ends up with the local executor's bytes, and a re-run does nothing."""
+    pytest.importorskip("moto", reason="moto[server] is needed for the S3 tests")
+    pytest.importorskip("s3fs", reason="s3fs is needed for the S3 tests")
+    from pipeline import remote
+    from tests.support.s3 import S3Server
+
+    args, _ = run_args
+    with S3Server() as s3:
+        blind_copy = tmp_path / "worker-machine"
+        blind_env = {**s3.env, "GRIST_SHARED_FS": "0", "GRIST_STAGING": str(blind_copy)}
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0", env=blind_env) as c:
+            shared = subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_worker", c.scheduler_address, "--nthreads", "1", "--no-dashboard", "--name", "shared"],
+                cwd=REPO, env={**os.environ, **s3.env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            try:
+                with Client(c) as client:
+                    client.wait_for_workers(2, timeout=60)
+                env = {**s3.env, "GRIST_CACHE": "s3://grist/cache", "GRIST_STAGING": str(tmp_path / "runner-machine")}
+                proc = run_cli("run", str(MANIFEST), "--out", "s3://grist/runs/d", "--executor", "dask", "--scheduler", c.scheduler_address, *args, env=env)
+                assert proc.returncode == 0, proc.stderr
+                assert "1 of 2 worker(s) do not see this machine's working copy" in proc.stderr, proc.stderr
+                again = run_cli("run", str(MANIFEST), "--out", "s3://grist/runs/d", "--executor", "dask", "--scheduler", c.scheduler_address, *args, env=env)
+                assert again.returncode == 0, again.stderr
+                assert "ran 0 node(s), skipped 7" in again.stdout + again.stderr
+            finally:
+                shared.terminate()
+                shared.wait(timeout=30)
+        # the blind worker really worked from its own copy: parts of every map stage went through it
+        worked = {p.parent.name for p in blind_copy.glob("workers/*/stages/*/part-*.parquet")}
+        assert len(worked) >= 3, worked
+        print("stages the blind worker wrote parts of:", sorted(worked))
+        # what the store holds is what the local executor wrote
+        s3.apply_env(monkeypatch)
+        remote.RemoteDir("s3://grist/runs/d", tmp_path / "check").pull()
+        assert_same_outputs(local_ref, tmp_path / "check")
+
+
 # ------------------------------------------------------------------------------------ units
 def _record_files(root: Path, rng: np.random.Generator, parts: int = 4, rows: int = 5000) -> list[str]:
     files = []

@@ -227,3 +227,64 @@ def test_local_source_reads_inputs_from_s3(s3, tmp_path):
     manifest.write_text(template.format(p="s3://grist/inputs/none-*.jsonl"), encoding="utf-8")
     proc = run_cli("run", str(manifest), "--out", str(tmp_path / "none"), "--no-progress", env=env)
     assert proc.returncode == 2 and "no file matches" in proc.stderr
+
+
+# ------------------------------------------------------- tasks on workers without the runner's files
+def _copy_task(src: str, node_dir: str) -> dict:
+    """A task as stages write them: reads its input part, writes its output part, then its marker."""
+    from pathlib import Path
+
+    from pipeline.task_sync import ensure_local
+
+    data = Path(src).read_bytes() + ensure_local(Path(node_dir) / "work" / "extra.bin").read_bytes()
+    out = Path(node_dir) / "part-00000.parquet"
+    out.write_bytes(data.upper())
+    (Path(node_dir) / "_tasks").mkdir(exist_ok=True)
+    (Path(node_dir) / "_tasks" / "part-00000.json").write_text("{}")
+    return {"wrote": str(out)}
+
+
+def test_a_worker_that_does_not_see_the_runner_works_through_the_store(s3, tmp_path, monkeypatch):
+    from pipeline import task_sync
+
+    runner = remote.RemoteDir("s3://grist/run-t", tmp_path / "runner")
+    _write(runner.local / "stages/a/part-00000.parquet", b"input")
+    _write(runner.local / "stages/b/work/extra.bin", b"+extra")
+    runner.push()
+    root = task_sync.StoreRoot(str(runner.local), runner.url, task_sync.TOKEN_PREFIX + "t")
+    (runner.local / root.token).write_text("")
+    mirror = task_sync.Mirror((root,))
+    args = (str(runner.local / "stages/a/part-00000.parquet"), str(runner.local / "stages/b"))
+
+    # a worker on the runner's machine (it sees the token) works in place
+    assert _copy_task_in(mirror, args) == {"wrote": str(runner.local / "stages/b/part-00000.parquet")}
+    assert (runner.local / "stages/b/part-00000.parquet").read_bytes() == b"INPUT+EXTRA"
+    (runner.local / "stages/b/part-00000.parquet").unlink()
+
+    # a worker elsewhere: its own copy, inputs from the store, outputs back, marker last
+    monkeypatch.setenv("GRIST_SHARED_FS", "0")
+    monkeypatch.setenv("GRIST_STAGING", str(tmp_path / "other-machine"))
+    uploads = []
+    real_upload = remote.RemoteDir.upload
+    monkeypatch.setattr(remote.RemoteDir, "upload", lambda self, rels: (uploads.extend(rels), real_upload(self, rels)))
+    result = _copy_task_in(mirror, args)
+    assert result == {"wrote": str(runner.local / "stages/b/part-00000.parquet")}  # paths come back in the runner's terms
+    assert not (runner.local / "stages/b/part-00000.parquet").exists()  # nothing written in the runner's copy
+    assert uploads == ["stages/b/part-00000.parquet", "stages/b/_tasks/part-00000.json"]  # inputs are not sent back
+    fs = s3.filesystem()
+    assert fs.cat("grist/run-t/stages/b/part-00000.parquet") == b"INPUT+EXTRA"
+    assert runner.pull() == 2 and (runner.local / "stages/b/part-00000.parquet").read_bytes() == b"INPUT+EXTRA"
+
+    # a file neither in the store nor shared: a clear error, not a bare FileNotFoundError
+    from pipeline.errors import StageError
+
+    fs.rm_file("grist/run-t/stages/b/work/extra.bin")
+    with pytest.raises(StageError, match="does not share the runner's files") as info:
+        _copy_task_in(mirror, args)
+    assert "ensure_local" in info.value.hint and "GRIST_CACHE=s3://" in info.value.hint
+
+
+def _copy_task_in(mirror, args):
+    from pipeline import task_sync
+
+    return task_sync.run_mirrored(mirror, _copy_task, args)
