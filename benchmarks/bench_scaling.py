@@ -1,6 +1,6 @@
 """Scale-out: the wiki-zh manifest on a zhwiki-shaped mirror, on 1 and 2 Dask workers.
 
-    python benchmarks/bench_scaling.py                      # 1600 pages, 1 and 2 workers
+    python benchmarks/bench_scaling.py                      # 3200 pages, 1 and 2 workers
     python benchmarks/bench_scaling.py --pages 800 --repeat 2 --local
 
 Pages are synthetic articles made of paragraphs drawn from ../shared's zhwiki articles (so
@@ -164,7 +164,7 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pages", type=int, default=1600)
+    ap.add_argument("--pages", type=int, default=3200, help="synthetic articles (3200: 33 partitions, a few per worker and phase)")
     ap.add_argument("--workers", default="1,2", help="comma-separated Dask worker counts")
     ap.add_argument("--repeat", type=int, default=1, help="runs per configuration (the fastest is kept)")
     ap.add_argument("--streams-per-partition", type=int, default=1, help="100-page bz2 streams per partition")

@@ -1,7 +1,11 @@
 """Run every benchmark, one after the other, each printing its side-by-side table.
 
-    python benchmarks/run_all.py            # all
+    python benchmarks/run_all.py            # the per-stage comparisons
     python benchmarks/run_all.py clean lid  # some
+    python benchmarks/run_all.py scaling train   # scale-out (needs [dask]) and training (needs [train])
+
+``scaling`` and ``train`` are not in the default set: they take minutes and measure the machine
+(workers, a GPU's MFU) rather than our code against another library's.
 """
 
 from __future__ import annotations
@@ -12,10 +16,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ["extract", "clean", "lid", "quality", "dedup", "tokenize"]
+OPTIONAL = ["scaling", "train"]
 
 
 def main() -> int:
     wanted = sys.argv[1:] or BENCHES
+    unknown = [name for name in wanted if name not in BENCHES + OPTIONAL]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; available: {', '.join(BENCHES + OPTIONAL)}", file=sys.stderr)
+        return 2
     failed = []
     for name in wanted:
         print(f"\n## {name}\n", flush=True)
