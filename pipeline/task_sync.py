@@ -92,8 +92,20 @@ def run_mirrored(mirror: Mirror, fn: Callable[..., Any], args: tuple) -> Any:
         ) from exc
     finally:
         _ACTIVE.reset(token)
-    sync.upload_changes(before)
+    sync.upload_changes(before, own_markers=_own_markers(fn, local_args))
     return sync.untranslate(result)
+
+
+def _own_markers(fn: Callable[..., Any], args: tuple) -> set[str] | None:
+    """The completion marker this task writes (``_task_entry``'s), or None when it writes none of
+    its own. Another task running beside it on this machine may write markers in the same folder:
+    only that task may upload its marker, after its own files."""
+    from pipeline.stage import _task_entry
+
+    if fn is _task_entry:  # (fn, node_dir, index, args, prefix)
+        node_dir, index, prefix = args[1], args[2], args[4]
+        return {str(Path(node_dir) / "_tasks" / f"{prefix}part-{index:05d}.json")}
+    return None
 
 
 def ensure_local(path: str | os.PathLike) -> Path:
@@ -165,9 +177,11 @@ class _TaskSync:
                         out[str(p)] = (st.st_size, st.st_mtime_ns)
         return out
 
-    def upload_changes(self, before: dict[str, tuple[int, int]]) -> None:
+    def upload_changes(self, before: dict[str, tuple[int, int]], own_markers: set[str] | None = None) -> None:
         after = self.snapshot()
         changed = [p for p, st in after.items() if before.get(p) != st and self.fetched.get(p) != st]
+        if own_markers is not None:  # another task's marker goes up with (after) that task's files, by that task
+            changed = [p for p in changed if not _is_marker(p) or p in own_markers]
         by_store: dict[int, tuple[Any, list[str]]] = {}
         for path in changed:
             store, rel = self._locate(path)

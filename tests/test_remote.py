@@ -231,7 +231,9 @@ def test_local_source_reads_inputs_from_s3(s3, tmp_path):
 
 # ------------------------------------------------------- tasks on workers without the runner's files
 def _copy_task(src: str, node_dir: str) -> dict:
-    """A task as stages write them: reads its input part, writes its output part, then its marker."""
+    """A task as stages write them: reads its input part (and a work file it finds itself), writes
+    its output part; ``_task_entry`` then writes its marker. Meanwhile "another task" on this
+    machine finishes in the same folder: its marker must not be uploaded by this one."""
     from pathlib import Path
 
     from pipeline.task_sync import ensure_local
@@ -240,7 +242,7 @@ def _copy_task(src: str, node_dir: str) -> dict:
     out = Path(node_dir) / "part-00000.parquet"
     out.write_bytes(data.upper())
     (Path(node_dir) / "_tasks").mkdir(exist_ok=True)
-    (Path(node_dir) / "_tasks" / "part-00000.json").write_text("{}")
+    (Path(node_dir) / "_tasks" / "part-00001.json").write_text("{}")  # the neighbour's marker
     return {"wrote": str(out)}
 
 
@@ -270,9 +272,11 @@ def test_a_worker_that_does_not_see_the_runner_works_through_the_store(s3, tmp_p
     result = _copy_task_in(mirror, args)
     assert result == {"wrote": str(runner.local / "stages/b/part-00000.parquet")}  # paths come back in the runner's terms
     assert not (runner.local / "stages/b/part-00000.parquet").exists()  # nothing written in the runner's copy
-    assert uploads == ["stages/b/part-00000.parquet", "stages/b/_tasks/part-00000.json"]  # inputs are not sent back
+    # inputs are not sent back, the marker goes last, the neighbour's marker is left to its task
+    assert uploads == ["stages/b/part-00000.parquet", "stages/b/_tasks/part-00000.json"]
     fs = s3.filesystem()
     assert fs.cat("grist/run-t/stages/b/part-00000.parquet") == b"INPUT+EXTRA"
+    assert not fs.exists("grist/run-t/stages/b/_tasks/part-00001.json")
     assert runner.pull() == 2 and (runner.local / "stages/b/part-00000.parquet").read_bytes() == b"INPUT+EXTRA"
 
     # a file neither in the store nor shared: a clear error, not a bare FileNotFoundError
@@ -286,5 +290,6 @@ def test_a_worker_that_does_not_see_the_runner_works_through_the_store(s3, tmp_p
 
 def _copy_task_in(mirror, args):
     from pipeline import task_sync
+    from pipeline.stage import _task_entry
 
-    return task_sync.run_mirrored(mirror, _copy_task, args)
+    return task_sync.run_mirrored(mirror, _task_entry, (_copy_task, args[1], 0, args, ""))
