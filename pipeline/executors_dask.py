@@ -126,6 +126,8 @@ class DaskExecutor(Executor):
         where = " and ".join(remote.redact(store.url) for store, _ in self._stores)
         if blind:
             self._log(f"Dask: {len(blind)} of {len(seen)} worker(s) do not see this machine's working copy; they exchange files through {where}")
+            if cache is None:
+                self._log("[yellow]warning:[/] the download cache is a local folder: workers that do not see this machine cannot read the downloads; set GRIST_CACHE (or cache_dir) to a URL such as s3://bucket/grist-cache")
         else:
             self._log(f"Dask: every worker sees the working copy; {where} is synchronized before and after each phase")
 
