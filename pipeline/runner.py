@@ -28,7 +28,7 @@ from pipeline.provenance import write_lock, write_provenance
 from pipeline.stage import NodeContext, NodeOutput, RunContext, Stage, check_accounting, code_fingerprint, merge_stats
 
 # Source fields that describe the source but do not change the data it yields.
-NON_DATA_SOURCE_FIELDS = {"mirror", "description", "homepage", "citation", "attribution", "license_url", "license_override", "streams_per_partition"}
+NON_DATA_SOURCE_FIELDS = {"mirror", "description", "homepage", "citation", "attribution", "license_url", "license_override", "streams_per_partition", "partition_bytes"}
 
 
 @dataclass

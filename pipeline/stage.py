@@ -119,6 +119,7 @@ class NodeContext:
         phase's stats become the node's document counts."""
         results: list[dict | None] = [None] * len(tasks)
         prefix = f"{phase}-" if phase else ""
+        self._check_layout(fn, tasks, prefix)
         todo = []
         for i, args in enumerate(tasks):
             marker = self.dir / "_tasks" / f"{prefix}part-{i:05d}.json"
@@ -132,6 +133,46 @@ class NodeContext:
         for i, stats in self.executor.map(calls, desc=f"{self.name}: {desc}", progress=self.run.progress):
             results[todo[i][0]] = stats
         return results  # type: ignore[return-value]
+
+
+    def _check_layout(self, fn: Callable[..., dict], tasks: list[tuple], prefix: str) -> None:
+        """Markers vouch for task ``i`` of one list of tasks. If an interrupted run is resumed with
+        other tasks under the same fingerprint (e.g. another ``streams_per_partition``), its
+        markers and parts describe other partitions: drop them and run the phase again."""
+        digest = _layout_digest(fn, tasks, {str(self.run.out_dir): "<out>", str(self.run.cache_dir): "<cache>"})
+        path = self.dir / "_tasks" / f"{prefix}layout"
+        if path.exists() and path.read_text().strip() != digest:
+            self.run.console.log(f"\\[{self.name}] the {prefix.rstrip('-') or 'final'} tasks differ from the interrupted run's (other partitioning?): starting them over")
+            for marker in (self.dir / "_tasks").glob(f"{prefix}part-*.json"):
+                marker.unlink()
+            if not prefix:  # the final phase's parts: a shorter list of tasks must not leave old parts behind
+                for part in [*self.dir.glob("part-*.parquet"), *(self.dir / "removed").glob("part-*.parquet")]:
+                    part.unlink()
+        if not path.exists() or path.read_text().strip() != digest:
+            storage.atomic_write_text(path, digest + "\n")
+
+
+def _layout_digest(fn: Callable[..., dict], tasks: list[tuple], roots: dict[str, str]) -> str:
+    """A hash of the task list, with the run's folders written as placeholders (a run resumed on
+    another machine, whose working copy is elsewhere, keeps its finished tasks)."""
+
+    def norm(value):
+        if isinstance(value, (str, Path)):
+            text = str(value)
+            for root, name in roots.items():
+                if text == root or text.startswith(root + "/"):
+                    return name + text[len(root) :]
+            return text
+        if isinstance(value, (list, tuple)):
+            return [norm(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): norm(v) for k, v in value.items()}
+        if callable(value):
+            return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}"
+        return value if isinstance(value, (int, float, bool)) or value is None else repr(value)
+
+    doc = json.dumps([norm(fn), norm(tasks)], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(doc.encode()).hexdigest()
 
 
 def _task_entry(fn: Callable[..., dict], node_dir: str, index: int, args: tuple, prefix: str = "") -> dict:

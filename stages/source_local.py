@@ -1,5 +1,8 @@
 """Source ``local``: files on this machine (paths or globs of jsonl, json, parquet, arrow, txt,
-or MediaWiki XML dumps). Globs are relative to the manifest's folder. One partition per file.
+or MediaWiki XML dumps). Globs are relative to the manifest's folder. One partition per file,
+except that large uncompressed JSONL / line-text files are cut into byte ranges and Parquet files
+into row-group ranges of about ``partition_bytes`` (a partition is what one task holds in memory;
+document ids and order do not depend on the cut).
 
 ``resolve()`` hashes every file (sha256), so editing an input re-runs what depends on it.
 
@@ -46,6 +49,11 @@ class RecordFields(SourceConfig):
     label_value: str | None = Field(None, description="classification: one label for every record of this source (files labeled by name, e.g. pos.txt)")
     instruction_field: str | None = Field(None, description="sft: the record field holding the instruction (prompt)")
     response_field: str | None = Field(None, description="sft: the record field holding the response (the only tokens with loss)")
+    partition_bytes: int = Field(
+        32 * 2**20,
+        ge=2**12,
+        description="cut uncompressed JSONL / line-text files into byte ranges, Parquet files into row-group ranges, of about this size: one partition (task) each",
+    )
 
     @model_validator(mode="after")
     def _task_fields(self):
@@ -100,16 +108,21 @@ class LocalSource(SourceStage):
 
 
 def read_files(stage: SourceStage, ctx: NodeContext, paths: list[Path]) -> None:
-    """One task per file: record files become document parts, dumps become raw-page parts."""
+    """One task per file, or per piece of a large file: record files become document parts,
+    dumps become raw-page parts."""
     from stages.source_wikimedia import parse_dump_task
 
     cfg = stage.params
-    tasks = []
-    for i, path in enumerate(paths):
+    pieces = []  # (path, fmt, span or None)
+    for path in paths:
         fmt = cfg.format if cfg.format != "auto" else rec_fmt.detect_format(path.name)
-        out, removed = str(ctx.part_path(i)), str(ctx.removed_path(i))
         if fmt == "mediawiki-xml" and cfg.task != "pretrain":
             raise StageError(f"task: {cfg.task} needs record files (jsonl, json, parquet, arrow, txt), not a MediaWiki dump", where=f"sources.{cfg.name}: {path.name}", hint="extract the dump's text with a pretraining manifest first, then label it")
+        pieces.extend((path, fmt, span) for span in _spans(path, fmt, cfg))
+    firsts = _first_records(ctx, pieces)
+    tasks = []
+    for i, ((path, fmt, span), first) in enumerate(zip(pieces, firsts)):
+        out, removed = str(ctx.part_path(i)), str(ctx.removed_path(i))
         if fmt == "mediawiki-xml":
             from pipeline.formats import mediawiki_xml as mx
 
@@ -120,16 +133,52 @@ def read_files(stage: SourceStage, ctx: NodeContext, paths: list[Path]) -> None:
         else:
             fields = {"text": cfg.text_field, "id": cfg.id_field, "title": cfg.title_field, "url": cfg.url_field}
             labels = {"task": cfg.task, "label": cfg.label_field, "label_value": cfg.label_value, "instruction": cfg.instruction_field, "response": cfg.response_field}
-            tasks.append((read_records_task, (str(path), fmt, cfg.txt_mode, fields, cfg.name, cfg.license, stage.node, out, removed, labels)))
+            piece = {"span": list(span), "first": first} if span else None
+            tasks.append((read_records_task, (str(path), fmt, cfg.txt_mode, fields, cfg.name, cfg.license, stage.node, out, removed, labels, piece)))
     ctx.run_tasks(_dispatch, tasks, desc="read files")
+
+
+def _spans(path: Path, fmt: str, cfg) -> list[tuple[int, int] | None]:
+    """The pieces of one file: [None] (the whole file) unless it is large and can be cut."""
+    if fmt == "mediawiki-xml" or not rec_fmt.splittable(path, fmt, cfg.txt_mode) or path.stat().st_size <= cfg.partition_bytes:
+        return [None]
+    spans = rec_fmt.row_group_spans(path, cfg.partition_bytes) if fmt == "parquet" else rec_fmt.line_spans(path, cfg.partition_bytes)
+    return [None] if len(spans) == 1 else list(spans)
+
+
+def _first_records(ctx: NodeContext, pieces: list[tuple[Path, str, tuple[int, int] | None]]) -> list[int]:
+    """For each piece, how many records of its file come before it (ids are ``file:n``): a
+    counting phase over the pieces after the first of each file, in parallel."""
+    last = {path: i for i, (path, _, _) in enumerate(pieces)}  # the last piece of a file counts for nobody
+    todo = [(i, path, fmt, span) for i, (path, fmt, span) in enumerate(pieces) if span is not None and last[path] != i]
+    counts: dict[int, int] = {}
+    if todo:
+        results = ctx.run_tasks(count_records_task, [(str(path), fmt, span[0], span[1]) for _, path, fmt, span in todo], desc="count records", phase="count")
+        counts = {i: r["records"] for (i, *_), r in zip(todo, results)}
+    firsts, seen = [], {}
+    for i, (path, _, span) in enumerate(pieces):
+        firsts.append(seen.get(path, 0) if span is not None else 0)
+        seen[path] = seen.get(path, 0) + counts.get(i, 0)
+    return firsts
+
+
+def count_records_task(path: str, fmt: str, start: int, end: int) -> dict:
+    try:
+        return {"records": rec_fmt.count_records(Path(path), fmt, start, end)}
+    except UnicodeDecodeError as exc:
+        raise StageError(f"file is not UTF-8 text ({exc})", where=path, hint="convert it to UTF-8") from None
 
 
 def _dispatch(fn, args) -> dict:
     return fn(*args)
 
 
-def read_records_task(path: str, fmt: str, txt_mode: str, fields: dict, source: str, license: str, node: str, out_path: str, removed_path: str, labels: dict | None = None) -> dict:
+def read_records_task(path: str, fmt: str, txt_mode: str, fields: dict, source: str, license: str, node: str, out_path: str, removed_path: str, labels: dict | None = None, piece: dict | None = None) -> dict:
+    """Read one file, or with ``piece`` ({"span": [a, b], "first": n}) one piece of it whose first
+    record is the file's record n."""
     p = Path(path)
+    span = tuple(piece["span"]) if piece else None
+    first = piece["first"] if piece else 0
     labels = labels or {"task": "pretrain"}
     task = labels["task"]
     schema = DOC_SCHEMA
@@ -138,7 +187,7 @@ def read_records_task(path: str, fmt: str, txt_mode: str, fields: dict, source: 
     cols: dict[str, list] = {n: [] for n in schema.names}
     errors: list[tuple[str, str, str]] = []
     try:
-        for n, (status, rec) in enumerate(rec_fmt.iter_records(p, fmt, txt_mode)):
+        for n, (status, rec) in enumerate(rec_fmt.iter_records(p, fmt, txt_mode, span), start=first):
             default_id = f"{source}/{p.name}" if (fmt == "txt" and txt_mode == "file") else f"{source}/{p.name}:{n}"
             if status == "error":
                 errors.append((default_id, rec, ""))

@@ -128,3 +128,40 @@ def test_parallel_and_serial_runs_are_identical(tmp_path, cache_env):
     f1 = {p.name: p.read_bytes() for p in (tmp_path / "o1" / "data").iterdir()}
     f2 = {p.name: p.read_bytes() for p in (tmp_path / "o2" / "data").iterdir()}
     assert f1 == f2
+
+
+def _write_range_task(lo: int, hi: int, out: str) -> dict:
+    """Writes rows lo..hi-1 as one part: a source task whose partitioning is a parameter."""
+    import pyarrow as pa
+
+    from pipeline import storage
+
+    storage.write_parquet(pa.table({"n": list(range(lo, hi))}), Path(out))
+    return {"in": hi - lo, "out": hi - lo, "removed": 0}
+
+
+def test_resume_with_other_partitioning_starts_the_phase_over(tmp_path):
+    """An interrupted node resumed with other tasks under the same fingerprint (a source's
+    streams_per_partition is not part of it) must not keep markers and parts of the old tasks."""
+    from pipeline.stage import NodeContext, RunContext
+
+    console = Console(quiet=True)
+    node = tmp_path / "stages" / "src"
+    ctx = NodeContext(name="src", dir=node, inputs=[], executor=LocalExecutor(workers=1, console=console),
+                      run=RunContext(out_dir=tmp_path, cache_dir=tmp_path / "cache", console=console, manifest=None, progress=False))
+
+    def tasks(size: int) -> list[tuple]:
+        return [(lo, min(lo + size, 100), str(ctx.part_path(i))) for i, lo in enumerate(range(0, 100, size))]
+
+    ctx.run_tasks(_write_range_task, tasks(25), desc="read")  # 4 parts
+    (node / "_tasks" / "part-00003.json").unlink()  # "interrupted" before the last marker
+    # same tasks again: the three finished ones are kept
+    assert [s["out"] for s in ctx.run_tasks(_write_range_task, tasks(25), desc="read")] == [25] * 4
+    (node / "_tasks" / "part-00003.json").unlink()
+    # other partitioning: 2 tasks of 50; the old 4 markers and parts must not survive
+    stats = ctx.run_tasks(_write_range_task, tasks(50), desc="read")
+    assert [s["out"] for s in stats] == [50, 50]
+    parts = sorted(node.glob("part-*.parquet"))
+    assert [p.name for p in parts] == ["part-00000.parquet", "part-00001.parquet"]
+    assert sum((pq.read_table(p)["n"].to_pylist() for p in parts), []) == list(range(100))
+    assert sorted(p.name for p in (node / "_tasks").glob("part-*.json")) == ["part-00000.json", "part-00001.json"]

@@ -82,3 +82,75 @@ def test_hf_hub_dataset_must_pin_a_revision(tmp_path):
     with pytest.raises(ManifestError) as info:
         load_manifest(m)
     assert "revision" in str(info.value)
+
+
+# ------------------------------------------------------------------ large files in pieces
+def _jsonl_with_everything(path: Path, n: int = 400) -> None:
+    """Records of varied length (Chinese and English), blank lines, broken lines, CRLF endings."""
+    lines = []
+    for i in range(n):
+        text = ("第%d篇。" % i) * (1 + i % 7) + " some English words " * (i % 3)
+        lines.append(json.dumps({"id": f"r{i}", "text": text}, ensure_ascii=False))
+        if i % 37 == 0:
+            lines.append("   ")  # blank: not a record
+        if i % 53 == 0:
+            lines.append("{not json")  # an error record: counts as a record for the ids
+        if i % 41 == 0:
+            lines.append(json.dumps({"other": i}))  # no text field
+    path.write_bytes(("\r\n".join(lines[: n // 2]) + "\r\n" + "\n".join(lines[n // 2 :]) + "\n").encode("utf-8"))
+
+
+def _source_tables(out: Path) -> tuple[pa.Table, pa.Table, int]:
+    node = out / "stages" / "docs"
+    kept = pa.concat_tables([pq.read_table(p) for p in sorted(node.glob("part-*.parquet"))])
+    removed = pa.concat_tables([pq.read_table(p) for p in sorted((node / "removed").glob("part-*.parquet"))])
+    return kept, removed, len(list(node.glob("part-*.parquet")))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "txt", "parquet"])
+def test_large_files_are_read_in_pieces_with_the_same_documents(tmp_path, cache_env, fmt):
+    src = tmp_path / "in"
+    src.mkdir()
+    _jsonl_with_everything(src / "a.jsonl")
+    (src / "b.jsonl").write_text(json.dumps({"text": "一个小文件"}, ensure_ascii=False) + "\n", encoding="utf-8")  # small: whole
+    if fmt == "txt":
+        for name in ("a", "b"):
+            rows = [json.loads(l)["text"] for l in (src / f"{name}.jsonl").read_text(encoding="utf-8").splitlines() if l.strip().startswith('{"id"') or l.startswith('{"text"')]
+            (src / f"{name}.txt").write_text("\n\n".join(rows) + "\n", encoding="utf-8")
+    if fmt == "parquet":
+        for name in ("a", "b"):
+            rows = [json.loads(l) for l in (src / f"{name}.jsonl").read_text(encoding="utf-8").splitlines() if l.strip().startswith("{\"")]
+            pq.write_table(pa.Table.from_pylist([{"id": r.get("id"), "text": r.get("text")} for r in rows]), src / f"{name}.parquet", row_group_size=16)
+    extra = "    txt_mode: line\n" if fmt == "txt" else ""
+    results = {}
+    for label, size in (("whole", 1 << 30), ("pieces", 4096)):
+        manifest = tmp_path / f"{label}.yaml"
+        manifest.write_text(
+            f"name: pieces\nsources:\n  - name: docs\n    kind: local\n    paths: ['in/*.{fmt}']\n    license: CC0-1.0\n{extra}    partition_bytes: {size}\n",
+            encoding="utf-8",
+        )
+        run(manifest, tmp_path / label)
+        results[label] = _source_tables(tmp_path / label)
+    (kept_w, removed_w, parts_w), (kept_p, removed_p, parts_p) = results["whole"], results["pieces"]
+    assert parts_w == 2 and parts_p > 4, (parts_w, parts_p)
+    assert kept_p.equals(kept_w)  # same documents, same ids, same order
+    assert removed_p.equals(removed_w)
+    assert kept_w.num_rows > 300
+    if fmt == "jsonl":
+        assert removed_w.num_rows > 10 and len(set(kept_w["id"].to_pylist())) == kept_w.num_rows
+        assert not any(t.endswith("\r") for t in kept_w["text"].to_pylist())
+
+
+def test_pieces_split_at_line_ends(tmp_path):
+    from pipeline.formats import records as rf
+
+    path = tmp_path / "x.jsonl"
+    _jsonl_with_everything(path, 200)
+    spans = rf.line_spans(path, 1000)
+    data = path.read_bytes()
+    assert spans[0][0] == 0 and spans[-1][1] == len(data)
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert all(data[s - 1 : s] == b"\n" for _, s in spans[:-1])
+    whole = list(rf.iter_records(path, "jsonl"))
+    assert sum((list(rf.iter_records(path, "jsonl", span=s)) for s in spans), []) == whole
+    assert sum(rf.count_records(path, "jsonl", *s) for s in spans) == len(whole)
