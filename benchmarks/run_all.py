@@ -2,9 +2,9 @@
 
     python benchmarks/run_all.py            # the per-stage comparisons
     python benchmarks/run_all.py clean lid  # some
-    python benchmarks/run_all.py scaling train   # scale-out (needs [dask]) and training (needs [train])
+    python benchmarks/run_all.py scaling train generate   # scale-out ([dask]), training and generation ([train])
 
-``scaling`` and ``train`` are not in the default set: they take minutes and measure the machine
+``scaling``, ``train`` and ``generate`` are not in the default set: they take minutes and measure the machine
 (workers, a GPU's MFU) rather than our code against another library's.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ["extract", "clean", "lid", "quality", "dedup", "tokenize"]
-OPTIONAL = ["scaling", "train"]
+OPTIONAL = ["scaling", "train", "generate"]
 
 
 def main() -> int:

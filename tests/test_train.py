@@ -540,3 +540,44 @@ def test_tiny_preset_brings_cpu_training_defaults_below_manifest_and_flags(shard
     cfg, _ = build_config(shards, tmp_path / "r", flags={"preset": "25m"})
     assert (cfg.batch_size, cfg.lr, cfg.warmup_steps) == (16, 1e-3, 100)  # other presets: the plain defaults
 
+
+
+def _sample_without_cache(model, context, n, window):
+    """The reference: the whole (windowed) context through the model for every new token."""
+    idx, out, logits_seen = list(context), [], []
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(torch.tensor([idx[-window:]]))[0, -1].float()
+            logits_seen.append(logits)
+            nxt = int(logits.argmax())
+            out.append(nxt)
+            idx.append(nxt)
+    return out, logits_seen
+
+
+def test_kv_cache_generation_matches_recomputing_the_context():
+    from pipeline.train.model import KVCache, Transformer, preset
+
+    torch.manual_seed(0)
+    model = Transformer(preset("tiny", vocab_size=97, max_seq_len=16, n_layers=2)).eval()
+    context = [5, 17, 3, 42, 8]
+    # 30 new tokens with a 16-token window: the cache fills, then the window slides (re-prefill)
+    expected, ref_logits = _sample_without_cache(model, context, 30, 16)
+    assert sample(model, context, 30, temperature=0) == expected
+    # step by step, the cached logits equal the recomputed ones
+    cache = KVCache(len(model.layers))
+    with torch.no_grad():
+        logits = model(torch.tensor([context]), cache=cache)[0, -1]
+        assert torch.allclose(logits, ref_logits[0], atol=1e-5)
+        for i, tok in enumerate(expected[:10]):
+            logits = model(torch.tensor([[tok]]), cache=cache)[0, -1]
+            assert torch.allclose(logits, ref_logits[i + 1], atol=1e-5), i
+    assert cache.pos == len(context) + 10
+    with torch.no_grad():
+        model(torch.tensor([[1]]), cache=cache)  # position 15: the last one
+        with pytest.raises(TrainError, match="exceeds the model's max_seq_len"):
+            model(torch.tensor([[1]]), cache=cache)
+        small = KVCache(len(model.layers))
+        model(torch.tensor([[1, 2, 3]]), cache=small)
+        with pytest.raises(TrainError, match="one token per step"):
+            model(torch.tensor([[4, 5]]), cache=small)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pipeline.train import TrainError
-from pipeline.train.model import ModelConfig, Transformer
+from pipeline.train.model import KVCache, ModelConfig, Transformer
 
 
 @torch.no_grad()
@@ -37,14 +37,28 @@ def sample(
         raise TrainError("sampling needs at least one context token", hint="give a prompt (the document-start token is added for you)")
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
-    idx = torch.tensor([context], dtype=torch.long, device=device)
+    window = model.cfg.max_seq_len
+    tokens = list(context)
     out: list[int] = []
     was_training = model.training
     model.eval()
+
+    def prefill() -> tuple[KVCache, torch.Tensor]:
+        # the last max_seq_len tokens at positions 0.., as in training (also when the window slides)
+        cache = KVCache(len(model.layers))
+        with autocast():
+            logits = model(torch.tensor([tokens[-window:]], dtype=torch.long, device=device), cache=cache)
+        return cache, logits[0, -1].float()
+
     try:
-        for _ in range(max_new_tokens):
-            with autocast():
-                logits = model(idx[:, -model.cfg.max_seq_len :])[0, -1].float()
+        cache, logits = prefill()
+        for step in range(max_new_tokens):
+            if step:  # the logits of the token just chosen: one position through the cache
+                if cache.pos >= window:
+                    cache, logits = prefill()
+                else:
+                    with autocast():
+                        logits = model(torch.tensor([[tokens[-1]]], dtype=torch.long, device=device), cache=cache)[0, -1].float()
             if temperature <= 0:
                 nxt = int(logits.argmax())
             else:
@@ -54,9 +68,9 @@ def sample(
                     logits = logits.masked_fill(logits < kth, float("-inf"))
                 nxt = int(torch.multinomial(torch.softmax(logits, -1).cpu(), 1, generator=gen))
             out.append(nxt)
+            tokens.append(nxt)
             if nxt == eos_id:
                 break
-            idx = torch.cat([idx, torch.tensor([[nxt]], device=device)], dim=1)
     finally:
         model.train(was_training)
     return out

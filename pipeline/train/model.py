@@ -86,14 +86,36 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.o_proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, cache: "KVCache | None" = None, layer: int = 0):
         B, T, C = x.shape
         q, k, v = (p(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if cache is not None:
+            k, v = cache.append(layer, k, v)
+        # a prefill is causal; one new token attends to every cached position
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, per layer: generation computes one new
+    token per step instead of the whole context again. Filled by one prefill, then one token at
+    a time (a multi-token step after the prefill would need a mask SDPA's is_causal does not give)."""
+
+    def __init__(self, n_layers: int):
+        self.k: list[torch.Tensor | None] = [None] * n_layers
+        self.v: list[torch.Tensor | None] = [None] * n_layers
+        self.pos = 0  # positions cached (the next token's position)
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k[layer] is not None:
+            if k.shape[2] != 1:
+                raise TrainError("a KV cache takes one prefill, then one token per step")
+            k, v = torch.cat([self.k[layer], k], dim=2), torch.cat([self.v[layer], v], dim=2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v
 
 
 class MLP(nn.Module):
@@ -115,8 +137,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -136,20 +158,25 @@ class Transformer(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=self.cfg.init_std)
 
-    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
-        """Final-norm hidden states [B, T, dim] (what the LM head and fine-tuning heads read)."""
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Final-norm hidden states [B, T, dim] (what the LM head and fine-tuning heads read).
+        With a ``cache``, ``idx`` continues the cached positions (generation)."""
         T = idx.shape[1]
-        if T > self.cfg.max_seq_len:
-            raise TrainError(f"sequence of {T} tokens exceeds the model's max_seq_len {self.cfg.max_seq_len}")
-        cos, sin = rope_cache(self.cfg, T, idx.device)
+        start = cache.pos if cache is not None else 0
+        if start + T > self.cfg.max_seq_len:
+            raise TrainError(f"sequence of {start + T} tokens exceeds the model's max_seq_len {self.cfg.max_seq_len}")
+        cos, sin = rope_cache(self.cfg, start + T, idx.device)
+        cos, sin = cos[start:], sin[start:]
         x = self.embed_tokens(idx)
-        for layer in self.layers:
-            x = layer(x, cos, sin)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, cache, i)
+        if cache is not None:
+            cache.pos += T
         return self.norm(x)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
         """Logits [B, T, V]; with targets, (logits, mean cross-entropy)."""
-        logits = F.linear(self.hidden(idx), self.embed_tokens.weight)  # tied output head
+        logits = F.linear(self.hidden(idx, cache), self.embed_tokens.weight)  # tied output head
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
