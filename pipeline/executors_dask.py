@@ -189,8 +189,9 @@ class DaskExecutor(Executor):
         return outs
 
     def _sources(self, paths: list[str]) -> list[str]:
-        """Where workers read shuffle inputs: the runner's files, or their copies in the store."""
-        if self._mirror is None:
+        """Where workers read shuffle inputs: the runner's files when every worker (asked now:
+        workers come and go) sees them, else their copies in the store."""
+        if self._mirror is None or all(all(flags) for flags in self.client.run(_sees_roots, self._mirror).values()):
             return paths
         self._sync_up()
         return [self._mirror.url_of(p) for p in paths]

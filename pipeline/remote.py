@@ -28,6 +28,15 @@ LAST = ("_COMPLETE",)
 STATE_FILE = ".grist-remote.json"
 
 
+def marker_rank(rel: str) -> int:
+    """Upload order: data (0), then per-task markers ``_tasks/…`` (1), then ``_COMPLETE`` (2).
+    Deletion goes the other way: a marker never outlives (or precedes) what it vouches for."""
+    parts = rel.split("/")
+    if parts[-1] in LAST:
+        return 2
+    return 1 if "_tasks" in parts[:-1] else 0
+
+
 class RemoteError(PipelineError):
     """A remote store could not be read or written."""
 
@@ -130,18 +139,32 @@ class RemoteDir:
     def pull(self, prefix: str = "") -> int:
         """Download remote files that changed since the last sync (or are missing locally).
         Returns the number of files fetched."""
-        remote = self._remote_files(prefix)
+        return self._pull_listing(self._remote_files(prefix))
+
+    def _pull_listing(self, remote: dict[str, str]) -> int:
         fetched = 0
         for rel, tag in sorted(remote.items()):
             dest = self.local / rel
             known = self._state.get(rel, {})
-            if dest.exists() and known.get("remote") == tag and known.get("local") == _stat(dest):
+            # in sync, or changed here since the last sync while the store's copy did not change:
+            # ours is newer (a task on this machine rewrote it) and the next push sends it
+            if dest.exists() and known.get("remote") == tag:
                 continue
             self._download(rel, dest)
             self._state[rel] = {"remote": tag, "local": _stat(dest)}
             fetched += 1
         self._save_state()
         return fetched
+
+    def synced(self, files: dict[str, list[int]]) -> set[str]:
+        """Which of these local files (rel -> [size, mtime_ns]) are the store's copy as of a sync
+        by one of this copy's processes (worker processes on one machine share a copy; the
+        others' syncs are read from its state file)."""
+        try:
+            disk = json.loads(self._state_path.read_text())
+        except (OSError, ValueError):
+            disk = {}
+        return {rel for rel, st in files.items() if st in (self._state.get(rel, {}).get("local"), disk.get(rel, {}).get("local"))}
 
     def push(self, prefix: str = "", delete: bool = True) -> int:
         """Mirror the local ``prefix`` (a folder or file, relative to the working copy) to the
@@ -152,8 +175,8 @@ class RemoteDir:
         local = self._local_files(prefix)
         remote = self._remote_files(prefix)
         stale = [rel for rel in remote if rel not in local and rel in self._state] if delete else []
-        # Markers first, so a reader never sees a complete node with missing or stale files.
-        stale.sort(key=lambda rel: (Path(rel).name not in LAST, rel))
+        # Markers first, so a reader never sees a complete node (or task) with missing or stale files.
+        stale.sort(key=lambda rel: (-marker_rank(rel), rel))
         for rel in stale:
             self._rm(rel)
             self._state.pop(rel, None)
@@ -162,7 +185,7 @@ class RemoteDir:
         for rel in changed:
             if Path(rel).name in LAST and rel in remote:
                 self._rm(rel)
-        changed.sort(key=lambda rel: (Path(rel).name in LAST, rel))
+        changed.sort(key=lambda rel: (marker_rank(rel), rel))
         for rel in changed:
             try:
                 self.fs.put_file(str(self.local / rel), f"{self.root}/{rel}")
@@ -190,8 +213,14 @@ class RemoteDir:
             if info is not None:
                 if not folders:
                     return []
-                self.pull(rel)
-                return sorted(r for r in self._state if r.startswith(rel.rstrip("/") + "/"))
+                # a folder becomes an exact copy of the store's: a file left by an earlier run
+                # (another tokenizer's model) must not be read beside the current ones
+                remote = self._remote_files(rel)
+                self._pull_listing(remote)
+                for extra in set(self._local_files(rel)) - set(remote):
+                    (self.local / extra).unlink(missing_ok=True)
+                    self._state.pop(extra, None)
+                return sorted(remote)
             dest = self.local / rel
             if dest.is_file():
                 dest.unlink()  # left by an earlier run; the store is the truth

@@ -18,6 +18,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
@@ -153,8 +154,9 @@ class NodeContext:
 
 
 def _layout_digest(fn: Callable[..., dict], tasks: list[tuple], roots: dict[str, str]) -> str:
-    """A hash of the task list, with the run's folders written as placeholders (a run resumed on
-    another machine, whose working copy is elsewhere, keeps its finished tasks)."""
+    """A hash of the task list, with the run's folders written as placeholders and other absolute
+    paths (input files) reduced to their names: a run resumed on another machine, whose working
+    copy and inputs are elsewhere (the fingerprint pins their content), keeps its finished tasks."""
 
     def norm(value):
         if isinstance(value, (str, Path)):
@@ -162,7 +164,7 @@ def _layout_digest(fn: Callable[..., dict], tasks: list[tuple], roots: dict[str,
             for root, name in roots.items():
                 if text == root or text.startswith(root + "/"):
                     return name + text[len(root) :]
-            return text
+            return "<abs>/" + os.path.basename(text) if os.path.isabs(text) else text
         if isinstance(value, (list, tuple)):
             return [norm(v) for v in value]
         if isinstance(value, dict):

@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.errors import StageError
+from pipeline.remote import marker_rank
 
 TOKEN_PREFIX = ".grist-runner-"
-MARKER_DIRS = ("_tasks",)  # uploaded after everything else a task wrote
-LAST_NAMES = ("_COMPLETE",)
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ def run_mirrored(mirror: Mirror, fn: Callable[..., Any], args: tuple) -> Any:
         return fn(*args)
     sync = _TaskSync(remote_roots)
     local_args = sync.translate(args)
-    sync.fetch_arguments(local_args)
+    sync.fetch_arguments(local_args, output_dir=_output_dir(fn, local_args))
     before = sync.snapshot()
     token = _ACTIVE.set(sync)
     try:
@@ -94,6 +93,13 @@ def run_mirrored(mirror: Mirror, fn: Callable[..., Any], args: tuple) -> Any:
         _ACTIVE.reset(token)
     sync.upload_changes(before, own_markers=_own_markers(fn, local_args))
     return sync.untranslate(result)
+
+
+def _output_dir(fn: Callable[..., Any], args: tuple) -> str | None:
+    """The node folder a ``_task_entry`` task writes in (its outputs are looked for there only)."""
+    from pipeline.stage import _task_entry
+
+    return str(args[1]) if fn is _task_entry else None
 
 
 def _own_markers(fn: Callable[..., Any], args: tuple) -> set[str] | None:
@@ -146,14 +152,18 @@ class _TaskSync:
         return None, None
 
     # ------------------------------------------------------------------ data
-    def fetch_arguments(self, args: Any) -> None:
+    def fetch_arguments(self, args: Any, output_dir: str | None = None) -> None:
+        """Fetch the files among ``args``; note where the task may write: ``output_dir``, or the
+        node folders of every path it is given."""
+        if output_dir is not None:
+            self.scopes.add(Path(output_dir))
         for path in _strings(args):
             store, rel = self._locate(path)
             if store is None or not rel:
                 continue
             parts = rel.split("/")
-            if parts[0] == "stages" and len(parts) > 1:
-                self.scopes.add(Path(store.local, "stages", parts[1]))  # the node folder: where the task writes
+            if output_dir is None and parts[0] == "stages" and len(parts) > 1:
+                self.scopes.add(Path(store.local, "stages", parts[1]))
             self.fetch(path, folders=False)  # folders (a node's work/) only on demand: ensure_local
 
     def fetch(self, path: str, folders: bool = True) -> None:
@@ -172,8 +182,13 @@ class _TaskSync:
         for scope in self.scopes:
             if scope.is_dir():
                 for p in scope.rglob("*"):
-                    if p.is_file() and not (p.name.startswith(".") and ".tmp-" in p.name):
+                    if p.name.startswith(".") and ".tmp-" in p.name:
+                        continue
+                    try:
                         st = p.stat()
+                    except FileNotFoundError:  # a task beside this one replaced or removed it meanwhile
+                        continue
+                    if p.is_file():
                         out[str(p)] = (st.st_size, st.st_mtime_ns)
         return out
 
@@ -182,19 +197,19 @@ class _TaskSync:
         changed = [p for p, st in after.items() if before.get(p) != st and self.fetched.get(p) != st]
         if own_markers is not None:  # another task's marker goes up with (after) that task's files, by that task
             changed = [p for p in changed if not _is_marker(p) or p in own_markers]
-        by_store: dict[int, tuple[Any, list[str]]] = {}
+        by_store: dict[int, tuple[Any, dict[str, list[int]]]] = {}
         for path in changed:
             store, rel = self._locate(path)
             if store is not None:
-                by_store.setdefault(id(store), (store, []))[1].append(rel)
-        for store, rels in by_store.values():
-            rels.sort(key=lambda rel: (_is_marker(rel), rel))
+                by_store.setdefault(id(store), (store, {}))[1][rel] = list(after[path])
+        for store, files in by_store.values():
+            # skip what a task beside this one fetched from the store (or already uploaded)
+            rels = sorted(set(files) - store.synced(files), key=lambda rel: (marker_rank(rel), rel))
             store.upload(rels)
 
 
-def _is_marker(rel: str) -> bool:
-    parts = rel.split("/")
-    return parts[-1] in LAST_NAMES or any(d in parts[:-1] for d in MARKER_DIRS)
+def _is_marker(path: str) -> bool:
+    return marker_rank(path) > 0
 
 
 def _relative(path: str, root: str) -> str | None:

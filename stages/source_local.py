@@ -113,15 +113,15 @@ def read_files(stage: SourceStage, ctx: NodeContext, paths: list[Path]) -> None:
     from stages.source_wikimedia import parse_dump_task
 
     cfg = stage.params
-    pieces = []  # (path, fmt, span or None)
-    for path in paths:
+    pieces = []  # (file number, path, fmt, span or None): a file listed twice is read twice, numbered alike
+    for file_no, path in enumerate(paths):
         fmt = cfg.format if cfg.format != "auto" else rec_fmt.detect_format(path.name)
         if fmt == "mediawiki-xml" and cfg.task != "pretrain":
             raise StageError(f"task: {cfg.task} needs record files (jsonl, json, parquet, arrow, txt), not a MediaWiki dump", where=f"sources.{cfg.name}: {path.name}", hint="extract the dump's text with a pretraining manifest first, then label it")
-        pieces.extend((path, fmt, span) for span in _spans(path, fmt, cfg))
+        pieces.extend((file_no, path, fmt, span) for span in _spans(path, fmt, cfg))
     firsts = _first_records(ctx, pieces)
     tasks = []
-    for i, ((path, fmt, span), first) in enumerate(zip(pieces, firsts)):
+    for i, ((_, path, fmt, span), first) in enumerate(zip(pieces, firsts)):
         out, removed = str(ctx.part_path(i)), str(ctx.removed_path(i))
         if fmt == "mediawiki-xml":
             from pipeline.formats import mediawiki_xml as mx
@@ -146,19 +146,19 @@ def _spans(path: Path, fmt: str, cfg) -> list[tuple[int, int] | None]:
     return [None] if len(spans) == 1 else list(spans)
 
 
-def _first_records(ctx: NodeContext, pieces: list[tuple[Path, str, tuple[int, int] | None]]) -> list[int]:
+def _first_records(ctx: NodeContext, pieces: list[tuple[int, Path, str, tuple[int, int] | None]]) -> list[int]:
     """For each piece, how many records of its file come before it (ids are ``file:n``): a
-    counting phase over the pieces after the first of each file, in parallel."""
-    last = {path: i for i, (path, _, _) in enumerate(pieces)}  # the last piece of a file counts for nobody
-    todo = [(i, path, fmt, span) for i, (path, fmt, span) in enumerate(pieces) if span is not None and last[path] != i]
+    counting phase over every piece but the last of each file, in parallel."""
+    last = {file_no: i for i, (file_no, *_) in enumerate(pieces)}
+    todo = [(i, path, fmt, span) for i, (file_no, path, fmt, span) in enumerate(pieces) if span is not None and last[file_no] != i]
     counts: dict[int, int] = {}
     if todo:
         results = ctx.run_tasks(count_records_task, [(str(path), fmt, span[0], span[1]) for _, path, fmt, span in todo], desc="count records", phase="count")
         counts = {i: r["records"] for (i, *_), r in zip(todo, results)}
     firsts, seen = [], {}
-    for i, (path, _, span) in enumerate(pieces):
-        firsts.append(seen.get(path, 0) if span is not None else 0)
-        seen[path] = seen.get(path, 0) + counts.get(i, 0)
+    for i, (file_no, _, _, span) in enumerate(pieces):
+        firsts.append(seen.get(file_no, 0) if span is not None else 0)
+        seen[file_no] = seen.get(file_no, 0) + counts.get(i, 0)
     return firsts
 
 

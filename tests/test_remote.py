@@ -293,3 +293,35 @@ def _copy_task_in(mirror, args):
     from pipeline.stage import _task_entry
 
     return task_sync.run_mirrored(mirror, _task_entry, (_copy_task, args[1], 0, args, ""))
+
+
+def test_push_sends_task_markers_after_the_parts_they_vouch_for(s3, tmp_path, monkeypatch):
+    d = remote.RemoteDir("s3://grist/run-order", tmp_path / "d")
+    for rel in ("stages/n/_tasks/part-00000.json", "stages/n/part-00000.parquet", "stages/n/removed/part-00000.parquet", "stages/n/_COMPLETE"):
+        _write(d.local / rel, rel.encode())
+    sent = []
+    real_put = d.fs.put_file
+    monkeypatch.setattr(d.fs, "put_file", lambda src, dst, **kw: (sent.append(dst.split("run-order/", 1)[1]), real_put(src, dst, **kw)))
+    d.push()
+    assert sent == ["stages/n/part-00000.parquet", "stages/n/removed/part-00000.parquet", "stages/n/_tasks/part-00000.json", "stages/n/_COMPLETE"]
+
+
+def test_pull_keeps_a_file_rewritten_here_and_folder_fetch_drops_stale_files(s3, tmp_path):
+    a = remote.RemoteDir("s3://grist/run-sync", tmp_path / "a")
+    _write(a.local / "stages/n/part-00000.parquet", b"old")
+    a.push()
+    # a task on this machine rewrote the part after the last sync; the store's copy is older
+    _write(a.local / "stages/n/part-00000.parquet", b"newer")
+    assert a.pull() == 0 and (a.local / "stages/n/part-00000.parquet").read_bytes() == b"newer"
+    assert a.push() == 1 and s3.filesystem().cat("grist/run-sync/stages/n/part-00000.parquet") == b"newer"
+
+    # a worker's copy of a folder: an earlier run's tokenizer.model must not stay beside the new files
+    w = remote.RemoteDir("s3://grist/run-sync", tmp_path / "w")
+    _write(a.local / "stages/t/tokenizer/tokenizer.model", b"sp")
+    a.push()
+    assert sorted(w.fetch("stages/t/tokenizer")) == ["stages/t/tokenizer/tokenizer.model"]
+    (a.local / "stages/t/tokenizer/tokenizer.model").unlink()
+    _write(a.local / "stages/t/tokenizer/tokenizer.json", b"{}")
+    a.push()
+    assert w.fetch("stages/t/tokenizer") == ["stages/t/tokenizer/tokenizer.json"]
+    assert sorted(p.name for p in (w.local / "stages/t/tokenizer").iterdir()) == ["tokenizer.json"]

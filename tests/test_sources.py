@@ -154,3 +154,29 @@ def test_pieces_split_at_line_ends(tmp_path):
     whole = list(rf.iter_records(path, "jsonl"))
     assert sum((list(rf.iter_records(path, "jsonl", span=s)) for s in spans), []) == whole
     assert sum(rf.count_records(path, "jsonl", *s) for s in spans) == len(whole)
+
+
+def test_a_file_listed_twice_gets_the_same_ids_in_pieces(tmp_path, cache_env):
+    src = tmp_path / "in"
+    src.mkdir()
+    _jsonl_with_everything(src / "a.jsonl", 200)
+    ids = {}
+    for label, size in (("whole", 1 << 30), ("pieces", 4096)):
+        manifest = tmp_path / f"{label}.yaml"
+        manifest.write_text(f"name: twice\nsources:\n  - name: docs\n    kind: local\n    paths: ['in/*.jsonl', 'in/a.jsonl']\n    license: CC0-1.0\n    partition_bytes: {size}\n", encoding="utf-8")
+        run(manifest, tmp_path / label)
+        ids[label] = _source_tables(tmp_path / label)[0]["id"].to_pylist()
+    assert ids["pieces"] == ids["whole"]
+    assert ids["whole"][: len(ids["whole"]) // 2] == ids["whole"][len(ids["whole"]) // 2 :]
+
+
+def test_layout_digest_ignores_where_the_run_and_its_inputs_live():
+    from pipeline.stage import _layout_digest
+
+    def tasks(root: str, inputs: str) -> list[tuple]:
+        return [(f"{inputs}/a.jsonl", "jsonl", {"span": [0, 10]}, f"{root}/stages/docs/part-00000.parquet")]
+
+    here = _layout_digest(len, tasks("/m1/out", "/m1/data"), {"/m1/out": "<out>"})
+    there = _layout_digest(len, tasks("/m2/x/out", "/elsewhere/data"), {"/m2/x/out": "<out>"})
+    assert here == there
+    assert _layout_digest(len, tasks("/m1/out", "/m1/data") * 2, {"/m1/out": "<out>"}) != here
