@@ -114,6 +114,11 @@ def _own_markers(fn: Callable[..., Any], args: tuple) -> set[str] | None:
     return None
 
 
+def in_mirrored_task() -> bool:
+    """True inside a task running on a worker that does not see the runner's files."""
+    return _ACTIVE.get() is not None
+
+
 def ensure_local(path: str | os.PathLike) -> Path:
     """Inside a task: make ``path`` (a file or a folder of the run) present and current here.
     A no-op where the worker shares the runner's files."""

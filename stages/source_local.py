@@ -21,7 +21,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from pipeline import http, remote, storage
+from pipeline import http, remote, storage, task_sync
 from pipeline.errors import SourceError, StageError
 from pipeline.formats import records as rec_fmt
 from pipeline.manifest import SourceConfig
@@ -224,6 +224,10 @@ def read_records_task(path: str, fmt: str, txt_mode: str, fields: dict, source: 
             cols["text"].append(text)
     except UnicodeDecodeError as exc:
         raise StageError(f"file is not UTF-8 text ({exc})", where=path, hint="convert it to UTF-8") from None
+    except FileNotFoundError:
+        if task_sync.in_mirrored_task():
+            raise  # a worker without the runner's files: run_mirrored says what to do
+        raise StageError("the file is gone (it was there when the run started)", where=path, hint="restore it, or run again to re-read the source") from None
     except (OSError, EOFError, ValueError, pa.ArrowInvalid) as exc:
         raise StageError(f"cannot read file ({type(exc).__name__}: {exc})", where=path, hint="check that the file is complete and of the declared format") from None
     table = pa.table(cols, schema=schema)

@@ -325,3 +325,21 @@ def test_pull_keeps_a_file_rewritten_here_and_folder_fetch_drops_stale_files(s3,
     a.push()
     assert w.fetch("stages/t/tokenizer") == ["stages/t/tokenizer/tokenizer.json"]
     assert sorted(p.name for p in (w.local / "stages/t/tokenizer").iterdir()) == ["tokenizer.json"]
+
+
+def test_an_input_only_the_runner_has_gets_the_store_hint_on_a_blind_worker(s3, tmp_path, monkeypatch):
+    from pipeline import task_sync
+    from pipeline.errors import StageError
+    from stages.source_local import read_records_task
+
+    runner = remote.RemoteDir("s3://grist/run-hint", tmp_path / "runner")
+    mirror = task_sync.Mirror((task_sync.StoreRoot(str(runner.local), runner.url, task_sync.TOKEN_PREFIX + "h"),))
+    monkeypatch.setenv("GRIST_SHARED_FS", "0")
+    monkeypatch.setenv("GRIST_STAGING", str(tmp_path / "elsewhere"))
+    node = runner.local / "stages/docs"
+    args = (str(tmp_path / "only-on-the-runner.jsonl"), "jsonl", "file", {"text": "text"}, "docs", "CC0-1.0", "docs", str(node / "part-00000.parquet"), str(node / "removed/part-00000.parquet"))
+    with pytest.raises(StageError, match="does not share the runner's files") as info:
+        task_sync.run_mirrored(mirror, read_records_task, args)
+    assert "s3://" in info.value.hint
+    with pytest.raises(StageError, match="the file is gone"):  # the same task where files are shared
+        read_records_task(*args)
