@@ -120,7 +120,7 @@ class NodeContext:
         phase's stats become the node's document counts."""
         results: list[dict | None] = [None] * len(tasks)
         prefix = f"{phase}-" if phase else ""
-        self._check_layout(fn, tasks, prefix)
+        self._check_layout(tasks, prefix)
         todo = []
         for i, args in enumerate(tasks):
             marker = self.dir / "_tasks" / f"{prefix}part-{i:05d}.json"
@@ -136,11 +136,11 @@ class NodeContext:
         return results  # type: ignore[return-value]
 
 
-    def _check_layout(self, fn: Callable[..., dict], tasks: list[tuple], prefix: str) -> None:
+    def _check_layout(self, tasks: list[tuple], prefix: str) -> None:
         """Markers vouch for task ``i`` of one list of tasks. If an interrupted run is resumed with
         other tasks under the same fingerprint (e.g. another ``streams_per_partition``), its
         markers and parts describe other partitions: drop them and run the phase again."""
-        digest = _layout_digest(fn, tasks, {str(self.run.out_dir): "<out>", str(self.run.cache_dir): "<cache>"})
+        digest = _layout_digest(tasks, {str(self.run.out_dir): "<out>", str(self.run.cache_dir): "<cache>"})
         path = self.dir / "_tasks" / f"{prefix}layout"
         if path.exists() and path.read_text().strip() != digest:
             self.run.console.log(f"\\[{self.name}] the {prefix.rstrip('-') or 'final'} tasks differ from the interrupted run's (other partitioning?): starting them over")
@@ -153,10 +153,11 @@ class NodeContext:
             storage.atomic_write_text(path, digest + "\n")
 
 
-def _layout_digest(fn: Callable[..., dict], tasks: list[tuple], roots: dict[str, str]) -> str:
+def _layout_digest(tasks: list[tuple], roots: dict[str, str]) -> str:
     """A hash of the task list, with the run's folders written as placeholders and other absolute
     paths (input files) reduced to their names: a run resumed on another machine, whose working
-    copy and inputs are elsewhere (the fingerprint pins their content), keeps its finished tasks."""
+    copy and inputs are elsewhere (the fingerprint pins their content), keeps its finished tasks.
+    The task function is left out: its code is in the fingerprint already."""
 
     def norm(value):
         if isinstance(value, (str, Path)):
@@ -173,7 +174,7 @@ def _layout_digest(fn: Callable[..., dict], tasks: list[tuple], roots: dict[str,
             return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}"
         return value if isinstance(value, (int, float, bool)) or value is None else repr(value)
 
-    doc = json.dumps([norm(fn), norm(tasks)], sort_keys=True, ensure_ascii=False)
+    doc = json.dumps(norm(tasks), sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(doc.encode()).hexdigest()
 
 

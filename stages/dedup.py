@@ -179,7 +179,7 @@ class Dedup(Stage):
         tasks = [(parts[i], i, offsets, cfg, self.node, str(ctx.part_path(i)), str(ctx.removed_path(i)), str(work)) for i in range(len(parts))]
         ctx.run_tasks(_final_task, tasks, desc="write")
         if not p.keep_work:
-            for marker in (ctx.dir / "_tasks").glob("*-part-*.json"):  # phase markers first: a crash below re-runs phases, never reads half-deleted work
+            for marker in [*(ctx.dir / "_tasks").glob("*-part-*.json"), *(ctx.dir / "_tasks").glob("*-layout")]:  # phase markers first: a crash below re-runs phases, never reads half-deleted work
                 marker.unlink()
             storage.remove_tree(work)
         summary = storage.read_json(summary_path) if summary_path.exists() else {}

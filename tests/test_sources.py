@@ -176,7 +176,7 @@ def test_layout_digest_ignores_where_the_run_and_its_inputs_live():
     def tasks(root: str, inputs: str) -> list[tuple]:
         return [(f"{inputs}/a.jsonl", "jsonl", {"span": [0, 10]}, f"{root}/stages/docs/part-00000.parquet")]
 
-    here = _layout_digest(len, tasks("/m1/out", "/m1/data"), {"/m1/out": "<out>"})
-    there = _layout_digest(len, tasks("/m2/x/out", "/elsewhere/data"), {"/m2/x/out": "<out>"})
+    here = _layout_digest(tasks("/m1/out", "/m1/data"), {"/m1/out": "<out>"})
+    there = _layout_digest(tasks("/m2/x/out", "/elsewhere/data"), {"/m2/x/out": "<out>"})
     assert here == there
-    assert _layout_digest(len, tasks("/m1/out", "/m1/data") * 2, {"/m1/out": "<out>"}) != here
+    assert _layout_digest(tasks("/m1/out", "/m1/data") * 2, {"/m1/out": "<out>"}) != here
