@@ -11,12 +11,12 @@ token sequence is part of the description.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pyarrow as pa
 
+from pipeline.http import file_digests
 from pipeline.errors import PipelineError
 
 CONFORMS_TO = "http://mlcommons.org/croissant/1.0"
@@ -68,14 +68,6 @@ class CroissantError(PipelineError):
     """croissant.json does not validate."""
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def data_type(typ: pa.DataType) -> tuple[str, bool]:
     """Croissant data type of an Arrow type, and whether the field is repeated (a list)."""
     if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ):
@@ -102,7 +94,7 @@ def file_objects(out_dir: Path, files: list[Path]) -> list[dict]:
             "contentUrl": f.relative_to(out_dir).as_posix(),
             "contentSize": f"{f.stat().st_size} B",
             "encodingFormat": ARROW_STREAM,
-            "sha256": sha256_file(f),
+            "sha256": file_digests(f)["sha256"],
         }
         for f in files
     ]

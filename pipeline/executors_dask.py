@@ -22,7 +22,7 @@
   the runner's files: the runner pushes its new files before each phase and pulls after it, and
   tasks run through ``pipeline.task_sync.run_mirrored`` (a worker that sees the runner's working
   copy uses it; one that does not fetches its inputs from the store and uploads its outputs);
-  shuffles read their inputs from the store.
+  shuffles read their inputs from the store when some worker does not see the runner's files.
 
 Workers must import the ``pipeline`` and ``stages`` packages: install the package where they run
 (a ``LocalCluster`` inherits this interpreter's environment; see ``docker/`` for a cluster).

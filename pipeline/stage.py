@@ -142,14 +142,15 @@ class NodeContext:
         markers and parts describe other partitions: drop them and run the phase again."""
         digest = _layout_digest(tasks, {str(self.run.out_dir): "<out>", str(self.run.cache_dir): "<cache>"})
         path = self.dir / "_tasks" / f"{prefix}layout"
-        if path.exists() and path.read_text().strip() != digest:
+        recorded = path.read_text().strip() if path.exists() else None
+        if recorded is not None and recorded != digest:
             self.run.console.log(f"\\[{self.name}] the {prefix.rstrip('-') or 'final'} tasks differ from the interrupted run's (other partitioning?): starting them over")
             for marker in (self.dir / "_tasks").glob(f"{prefix}part-*.json"):
                 marker.unlink()
             if not prefix:  # the final phase's parts: a shorter list of tasks must not leave old parts behind
                 for part in [*self.dir.glob("part-*.parquet"), *(self.dir / "removed").glob("part-*.parquet")]:
                     part.unlink()
-        if not path.exists() or path.read_text().strip() != digest:
+        if recorded != digest:
             storage.atomic_write_text(path, digest + "\n")
 
 

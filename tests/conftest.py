@@ -22,6 +22,18 @@ def shared_dir() -> Path:
     return SHARED
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Training tests on one thread: the same numbers on every machine, and no oversubscription
+    beside other test processes. Modules opt in with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def cache_env(tmp_path, monkeypatch):
     cache = tmp_path / "cache"

@@ -46,12 +46,7 @@ from tests.conftest import REPO, SHARED, run_cli
 MICRO = {"dim": 64, "n_layers": 2, "n_heads": 4, "ffn_dim": 176}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(m: Path, out: Path, overrides: list[str] | None = None):

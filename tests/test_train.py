@@ -65,12 +65,7 @@ def write_corpus(root: Path, n_docs: int = 360) -> None:
         (root / f"docs-{k}.jsonl").write_text("".join(rows), encoding="utf-8")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

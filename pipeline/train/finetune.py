@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -42,6 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.http import file_digests
 from pipeline.train import TrainError
 from pipeline.train.loop import pick_device
 from pipeline.train.model import ModelConfig, Transformer
@@ -192,14 +192,6 @@ def collate(examples: list[np.ndarray], pad_id: int, masks: list[np.ndarray] | N
 
 
 # ------------------------------------------------------------------------------------ checkpoint
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_base(path: str | Path) -> tuple[Transformer, dict, Path]:
     """The pretrained model (safetensors, no pickle), its state.json and the checkpoint folder.
     A missing, truncated or inconsistent checkpoint is a TrainError naming the file."""
@@ -473,7 +465,7 @@ def finetune(config: FinetuneConfig | dict, on_step=None, progress: bool = False
         "seconds": round(seconds, 2),
         "device": str(device),
         "examples": {s: len(splits[s]) for s in SPLITS},
-        "base": {"checkpoint": str(ckpt), "sha256": _sha256(ckpt / "model.safetensors"), "step": state.get("step")},
+        "base": {"checkpoint": str(ckpt), "sha256": file_digests(ckpt / "model.safetensors")["sha256"], "step": state.get("step")},
     }
     if task == "classification":
         train_counts = np.bincount(train.labels, minlength=len(labels))
