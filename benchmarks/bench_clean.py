@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from common import best_time, en_articles, machine, peak_rss_mb, table, zh_articles
-
 import pyarrow as pa  # noqa: E402
+from common import best_time, en_articles, machine, peak_rss_mb, table, zh_articles
 
 
 def main() -> None:
@@ -43,7 +42,7 @@ def main() -> None:
         n = len(texts)
         rows.append([name, n, f"{mb:.1f}", f"{n / t_ours:,.0f}", f"{mb / t_ours:.1f}", f"{n / t_cc:,.0f}", f"{mb / t_cc:.1f}", f"{n / t_dt:,.0f}", f"{mb / t_dt:.1f}", f"{t_dt / t_ours:.1f}x"])
     print(table(["corpus", "docs", "MB", "ours docs/s", "ours MB/s", "ours+t2s docs/s", "ours+t2s MB/s", "datatrove FTFY+PII docs/s", "datatrove MB/s", "speedup (ours vs datatrove)"], rows))
-    print(f"\nours = clean(ftfy on suspicious docs, NFC, whitespace, boilerplate lines, PII: email/phone/ip/cn_id); datatrove = FTFYFormatter + PIIFormatter (email, ip)")
+    print("\nours = clean(ftfy on suspicious docs, NFC, whitespace, boilerplate lines, PII: email/phone/ip/cn_id); datatrove = FTFYFormatter + PIIFormatter (email, ip)")
     print(f"one process; best of {args.repeat}; peak RSS {peak_rss_mb():.0f} MB; {machine()}")
 
 

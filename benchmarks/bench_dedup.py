@@ -53,8 +53,8 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from pipeline import minhash as mh  # noqa: E402
-from pipeline.stage import DOC_SCHEMA  # noqa: E402
+from pipeline.core.stage import DOC_SCHEMA  # noqa: E402
+from pipeline.text import minhash as mh  # noqa: E402
 
 NUM_PERM, BANDS, ROWS, NGRAM = 112, 14, 8, 5
 
@@ -164,8 +164,8 @@ def peak_mb(fn) -> float:
 
 
 def enwiki_articles(shared: Path) -> list[str]:
-    from pipeline.formats import mediawiki_xml as mx
-    from pipeline.formats.wikitext import wikitext_to_text
+    from pipeline.io.formats import mediawiki_xml as mx
+    from pipeline.io.formats.wikitext import wikitext_to_text
 
     path = shared / "corpora" / "wikidumps" / "enwiki-sample-multistream.xml.bz2"
     pages = mx.iter_pages(mx.iter_text(mx.iter_compressed(path)))
@@ -410,8 +410,8 @@ def run_stage(docs: list[dict], workers: int, params: dict, parts: int = 8) -> d
     """Run the real dedup stage on ``docs``; return doc id -> predicted cluster id."""
     from rich.console import Console
 
-    from pipeline.executors import LocalExecutor
-    from pipeline.stage import NodeContext, NodeOutput, RunContext
+    from pipeline.core.stage import NodeContext, NodeOutput, RunContext
+    from pipeline.exec.executors import LocalExecutor
     from stages.dedup import Dedup, Params
 
     with tempfile.TemporaryDirectory(prefix="bench-dedup-q-") as tmp:
@@ -593,8 +593,8 @@ def scale(shared: Path, n_docs: int, workers: int, shards: int | None) -> dict:
     (10% of them planted near copies), in parts of 20,000 documents."""
     from rich.console import Console
 
-    from pipeline.executors import LocalExecutor
-    from pipeline.stage import NodeContext, NodeOutput, RunContext
+    from pipeline.core.stage import NodeContext, NodeOutput, RunContext
+    from pipeline.exec.executors import LocalExecutor
     from stages.dedup import Dedup, Params
 
     lines = review_lines(shared)

@@ -1,7 +1,7 @@
 """Extraction benchmark: our MediaWiki reader + wikitext converter vs the naive baseline.
 
 Side by side, one process, same pages:
-  * ours:     pipeline.formats.mediawiki_xml (streaming page reader) + wikitext_to_text
+  * ours:     pipeline.io.formats.mediawiki_xml (streaming page reader) + wikitext_to_text
   * baseline: mwparserfromhell.parse(text).strip_code() -- what most scripts do
 Reports pages/s and MB/s (UTF-8 wikitext) per core, the ratio, and the fraction of outputs
 with markup leftovers ({{ [[ -{ <ref ''' {| Category: thumb|).
@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mwparserfromhell  # noqa: E402
 
-from pipeline.formats import mediawiki_xml as mx  # noqa: E402
-from pipeline.formats.wikitext import wikitext_to_text  # noqa: E402
+from pipeline.io.formats import mediawiki_xml as mx  # noqa: E402
+from pipeline.io.formats.wikitext import wikitext_to_text  # noqa: E402
 
 LEFTOVERS = ("{{", "[[", "-{", "<ref", "'''", "{|", "Category:", "thumb|")
 FILES = ("enwiki-sample-multistream.xml.bz2", "jawiki-truncated-100k.xml.xz", "enwiki-table-markup.xml.bz2")
@@ -59,7 +59,7 @@ def main() -> None:
         base_s, base = timed(lambda t: mwparserfromhell.parse(t).strip_code(), texts, args.repeat)
         dirty = lambda outs: sum(any(m in o for m in LEFTOVERS) for o in outs) / max(1, len(outs))
         rows.append((name, len(texts), mb, read_s, ours_s, base_s, dirty(ours), dirty(base)))
-    print(f"| file | pages | MB | read+parse XML MB/s | ours pages/s | ours MB/s | baseline pages/s | baseline MB/s | ours/baseline speed | leftovers ours | leftovers baseline |")
+    print("| file | pages | MB | read+parse XML MB/s | ours pages/s | ours MB/s | baseline pages/s | baseline MB/s | ours/baseline speed | leftovers ours | leftovers baseline |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, n, mb, read_s, ours_s, base_s, d_ours, d_base in rows:
         print(f"| {name} | {n} | {mb:.2f} | {mb / read_s:.1f} | {n / ours_s:.0f} | {mb / ours_s:.2f} | {n / base_s:.0f} | {mb / base_s:.2f} | {base_s / ours_s:.2f}x | {d_ours:.1%} | {d_base:.1%} |")

@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline import lid  # noqa: E402
+from pipeline.text import lid  # noqa: E402
 
 DEFAULT_SENTENCES = REPO.parent / "shared" / "corpora" / "lid-sentences"
 # Slow backends get a fixed sample of 200 evenly spaced sentences per language (15,000 in all):

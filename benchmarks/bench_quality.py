@@ -8,7 +8,7 @@ Same input, same run, one process per measurement (so peak memory is per impleme
 (UTF-8 bytes of text) per core, the speed ratio, peak RSS of the measuring process and its
 growth during the timed run, and the keep/drop agreement between the two.
 
-* ``en``: ``pipeline.quality.corpus.english_corpus()`` (enwiki articles + derived documents);
+* ``en``: ``pipeline.text.quality.corpus.english_corpus()`` (enwiki articles + derived documents);
   grist ``compute_signals`` + ``decide(preset="gopher")`` vs datatrove
   ``GopherRepetitionFilter`` then ``GopherQualityFilter`` (default parameters, ``filter()``
   called directly with the pipeline's short-circuit: the cheapest way to run datatrove).
@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
 from common import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,13 +51,13 @@ def _rss_mb() -> float:
 
 
 def run_datatrove(texts: list[str], lang: str) -> list[bool]:
-    from pipeline.quality import oracle
+    from pipeline.text.quality import oracle
 
     return oracle.pipeline_keep(texts, oracle.gopher_filters()[::-1] if lang == "en" else oracle.fineweb2_zh_filters())
 
 
 def run_grist(texts: list[str], lang: str, batch: int, zh_segmenter: str = "jieba") -> list[bool]:
-    from pipeline.quality import compute_signals, decide
+    from pipeline.text.quality import compute_signals, decide
 
     preset = "gopher" if lang == "en" else "zh"
     keep: list[bool] = []
@@ -116,7 +117,7 @@ def main() -> None:
         worker(args)
         return
 
-    from pipeline.quality import corpus
+    from pipeline.text.quality import corpus
 
     if not corpus.available():
         raise SystemExit(f"shared corpora not found under {corpus.corpora_dir()}")

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from common import REPO, machine, require_shared, table
 
-from pipeline.executors import LocalExecutor
-from pipeline.executors_dask import DaskExecutor
+from pipeline.exec.dask_executor import DaskExecutor
+from pipeline.exec.executors import LocalExecutor
 
 MANIFEST = REPO / "manifests" / "wiki-zh.yaml"
 NODES = ["zhwiki", "extract", "clean", "lang", "quality", "dedup", "tokenize"]
@@ -138,8 +138,8 @@ def run_in_child(kind: str, workers: int, mirror_url: str, out: Path, cache: Pat
 def run_once(kind: str, workers: int, mirror_url: str, out: Path, cache: Path, streams_per_partition: int) -> dict:
     from rich.console import Console
 
-    from pipeline.manifest import load_manifest
-    from pipeline.runner import run_manifest
+    from pipeline.run.load import load_manifest
+    from pipeline.run.runner import run_manifest
 
     os.environ["GRIST_CACHE"] = str(cache)
     console = Console(quiet=True)

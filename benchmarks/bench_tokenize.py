@@ -60,7 +60,7 @@ def write_parquet(docs: list[tuple[str, str, str]], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.stage import DOC_SCHEMA
+    from pipeline.core.stage import DOC_SCHEMA
 
     n = len(docs)
     cols = {f.name: pa.nulls(n, f.type) for f in DOC_SCHEMA}
@@ -76,9 +76,9 @@ def memory_child(args) -> None:
     """One process: a manifest with a local Parquet source of the corpus x scale and a tokenize node."""
     from rich.console import Console
 
-    from pipeline.executors import LocalExecutor
-    from pipeline.manifest import load_manifest
-    from pipeline.runner import run_manifest
+    from pipeline.exec.executors import LocalExecutor
+    from pipeline.run.load import load_manifest
+    from pipeline.run.runner import run_manifest
 
     def peak_rss_mb() -> float:
         for line in open("/proc/self/status"):
@@ -127,7 +127,7 @@ def main() -> None:
     import tokenizers
     from tokenizers import Tokenizer
 
-    from pipeline import tokenizer as tkz
+    from pipeline.text import tokenizer as tkz
     from stages import tokenize as stage
 
     docs_by_source = corpus()

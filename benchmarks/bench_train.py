@@ -7,7 +7,7 @@ bf16 autocast on CUDA, optional torch.compile).
 
 Token shards of random ids (vocabulary ``--vocab``, default 50304 = GPT-2's padded to a multiple of
 64, so ``124m`` has GPT-2 small's 124 M parameters) are written in the tokenize stage's format
-(``pipeline.packing``) to a temporary folder; ``train()`` then runs ``--steps`` optimizer steps with
+(``pipeline.text.packing``) to a temporary folder; ``train()`` then runs ``--steps`` optimizer steps with
 no evaluation or sampling and one checkpoint at the end.  Throughput is taken from the per-step
 records of ``metrics.jsonl``, leaving out the first ``--skip`` steps (compilation, allocator and
 cuDNN warm-up): tokens/s = tokens / seconds over the rest.  MFU = ``flops_per_token`` (6·N + 12·L·d·T)
@@ -32,7 +32,7 @@ def write_random_shards(dest: Path, tokens: int, vocab: int, seq_len: int, seed:
     """A tokens/ folder of uniform random ids, train + a small validation split."""
     import numpy as np
 
-    from pipeline.packing import WorkWriter, write_token_dataset
+    from pipeline.text.packing import WorkWriter, write_token_dataset
 
     dtype = np.dtype(np.uint16 if vocab <= 1 << 16 else np.uint32)
     rng = np.random.default_rng(seed)

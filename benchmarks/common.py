@@ -23,8 +23,8 @@ def zh_articles() -> list[str]:
 
 
 def en_articles() -> list[str]:
-    from pipeline.formats import mediawiki_xml as mx
-    from pipeline.formats.wikitext import wikitext_to_text
+    from pipeline.io.formats import mediawiki_xml as mx
+    from pipeline.io.formats.wikitext import wikitext_to_text
 
     path = require_shared() / "wikidumps" / "enwiki-sample-multistream.xml.bz2"
     return [wikitext_to_text(p["text"]) for kind, p in mx.iter_pages(mx.iter_text(mx.iter_compressed(path))) if kind == "page" and p["ns"] == 0 and p["redirect"] is None]

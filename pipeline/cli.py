@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate pretraining data: manifests in, audited Arrow shards out.")
 console = Console(stderr=True, log_path=False)
@@ -43,9 +43,9 @@ def validate(
     """Check a manifest (schema, stage parameters, DAG, licenses) without running anything."""
     import json
 
-    from pipeline.dag import build_dag
-    from pipeline.licenses import assess, conflict_error
-    from pipeline.manifest import load_manifest
+    from pipeline.audit.licenses import assess, conflict_error
+    from pipeline.core.dag import build_dag
+    from pipeline.run.load import load_manifest
 
     try:
         m = load_manifest(manifest, set_)
@@ -92,10 +92,10 @@ def run(
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
 ) -> None:
     """Run a manifest's DAG; resumes where an earlier run stopped."""
-    from pipeline.executors import make_executor
-    from pipeline.licenses import check as check_licenses
-    from pipeline.manifest import load_manifest
-    from pipeline.runner import run_manifest
+    from pipeline.audit.licenses import check as check_licenses
+    from pipeline.exec.factory import make_executor
+    from pipeline.run.load import load_manifest
+    from pipeline.run.runner import run_manifest
 
     try:
         m = load_manifest(manifest, set_)
@@ -126,7 +126,7 @@ def inspect(
     """Removal counts by node and reason, and samples of removed documents with their signals."""
     from rich.table import Table
 
-    from pipeline import inspect as ins
+    from pipeline.audit import inspect as ins
 
     out_console = Console()
     try:
@@ -300,13 +300,13 @@ def report(
     samples: int = typer.Option(5, "--samples", min=0, help="Removed documents shown per reason (and kept ones per node)."),
 ) -> None:
     """Regenerate the cards and the static HTML report (<out>/report/index.html) without re-running stages."""
-    from pipeline.report import build_report
-    from pipeline.report.facts import check_run
+    from pipeline.audit.report import build_report
+    from pipeline.audit.report.facts import check_run
 
     try:
         check_run(out)
         try:
-            from pipeline.cards import write_cards
+            from pipeline.audit.cards import write_cards
         except ImportError:  # cards not installed in this build: the report does not need them
             write_cards = None
         if write_cards is not None:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.stage import MapStage, removed_rows
+from pipeline.core.stage import MapStage, removed_rows
 
 # UTF-8 read as Latin-1/cp1252 shows a lead byte (Â Ã … ô) followed by a continuation-byte
 # character; plus replacement characters, C1 controls, escapes and HTML entities. Only documents

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from pipeline.stage import MapStage
+from pipeline.core.stage import MapStage
 
 
 class Concat(MapStage):

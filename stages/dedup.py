@@ -10,7 +10,7 @@ others go to the ledger as ``dedup:exact dup of <kept id>`` or ``dedup:near dup 
 Phases (``docs/dedup.md`` has the details and the measured figures):
 
 1. ``signatures`` -- one task per input part: normalized exact key (xxh3-128), MinHash signature
-   (``pipeline.minhash``), LSH band hashes. Writes, under ``work/``: the signatures
+   (``pipeline.text.minhash``), LSH band hashes. Writes, under ``work/``: the signatures
    (``sig/``, memory-mapped later), exact keys, document ids (Arrow IPC, random access), and one
    *bucket record* Parquet file per part (``records/``) -- (bucket hash ``h``, key ``k``) rows sorted
    by (h, k), one row per band plus one for the exact key.
@@ -46,10 +46,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline import minhash as mh
-from pipeline import storage
-from pipeline.stage import NodeContext, Stage, removed_rows
-from pipeline.task_sync import ensure_local
+from pipeline.common import storage
+from pipeline.core.stage import NodeContext, Stage, removed_rows
+from pipeline.exec.task_sync import ensure_local
+from pipeline.text import minhash as mh
 
 RECORDS_PER_SHARD = 2_000_000  # bucket records per shard when ``shards`` is not set (32 MB of records, ~125 MB peak per task)
 BATCH_ROWS = 4096
@@ -106,7 +106,7 @@ class Dedup(Stage):
     name = "dedup"
     version = "1"
     Params = Params
-    code_deps = ("pipeline.minhash",)
+    code_deps = ("pipeline.text.minhash",)
     description = "exact and MinHash-LSH near-duplicate removal across all inputs; keeps the first document in input order"
 
     def run(self, ctx: NodeContext) -> dict:

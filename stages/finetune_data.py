@@ -36,11 +36,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline import storage
-from pipeline import tokenizer as tkz
-from pipeline.errors import StageError
-from pipeline.export import write_dataset_metadata
-from pipeline.stage import REMOVED_SCHEMA, NodeContext, Stage, merge_stats, removed_rows
+from pipeline.common import storage
+from pipeline.common.errors import StageError
+from pipeline.core.stage import REMOVED_SCHEMA, NodeContext, Stage, merge_stats, removed_rows
+from pipeline.exec.task_sync import ensure_local
+from pipeline.io.export import write_dataset_metadata
+from pipeline.text import tokenizer as tkz
 from stages.tokenize import split_hash
 
 SPLITS = ("train", "validation", "test")
@@ -76,7 +77,7 @@ class FinetuneData(Stage):
     name = "finetune_data"
     version = "1"
     Params = Params
-    code_deps = ("pipeline.tokenizer", "stages.tokenize")
+    code_deps = ("pipeline.text.tokenizer", "stages.tokenize")
     description = "labeled documents -> tokenized classification / SFT examples (train/validation/test) with the pretraining tokenizer"
     publishes = {"finetune": "finetune"}
 
@@ -177,7 +178,7 @@ def _split_of(doc_id: str, cfg: dict) -> str:
 
 
 def _encode_task(part: str, cfg: dict, out_path: str, removed_path: str) -> dict:
-    tok = tkz.cached_tokenizer(cfg["tokenizer_dir"], cfg["tokenizer_sha256"])
+    tok = tkz.cached_tokenizer(ensure_local(cfg["tokenizer_dir"]), cfg["tokenizer_sha256"])  # a blind Dask worker fetches the folder
     task, max_len, eos, bos = cfg["task"], cfg["max_len"], cfg["eos_id"], cfg["bos_id"]
     head = [bos] if bos is not None else []
     allowed = set(cfg["labels"]) if cfg["labels"] else None

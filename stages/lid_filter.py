@@ -7,7 +7,7 @@ Dropped documents go to the ledger with reason ``lang:<code>`` (a language not k
 ``lang:<code>(score<min)`` (a kept language, identified with too little confidence) and
 signals ``{"lang", "lang_score"}``.
 
-Backends, their measured accuracy and speed, and the default: ``pipeline/lid.py`` and
+Backends, their measured accuracy and speed, and the default: ``pipeline/text/lid.py`` and
 ``docs/language-id.md``. Models ship inside their packages (nothing is downloaded) and load
 lazily, once per worker process.
 """
@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline import lid
-from pipeline.stage import MapStage, removed_rows
+from pipeline.core.stage import MapStage, removed_rows
+from pipeline.text import lid
 
 
 class Params(BaseModel):
@@ -61,7 +61,7 @@ class LidFilter(MapStage):
     name = "lid_filter"
     version = "1"
     Params = Params
-    code_deps = ("pipeline.lid",)
+    code_deps = ("pipeline.text.lid",)
     description = "language identification: adds lang / lang_score, keeps the configured languages"
 
     @property

@@ -1,6 +1,6 @@
 """Stage ``quality_filter``: heuristic quality signals as columns, then a threshold preset.
 
-Signals (``q_*`` columns, see ``pipeline/quality/signals.py``) are computed for every document
+Signals (``q_*`` columns, see ``pipeline/text/quality/signals.py``) are computed for every document
 of a partition at once; the preset's rules decide (first failing rule wins). Dropped documents
 go to the ledger with reason ``quality:<signal><op><threshold>`` (``quality:dup_line_frac>0.3``)
 and signals ``{"rule", "preset", "lang", "threshold", "<q_signal>": value, "q_words", "q_chars"}``.
@@ -23,8 +23,8 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline import quality
-from pipeline.stage import MapStage, removed_rows
+from pipeline.core.stage import MapStage, removed_rows
+from pipeline.text import quality
 
 AUTO_CJK_FRAC = 0.3
 
@@ -56,7 +56,7 @@ class QualityFilter(MapStage):
     name = "quality_filter"
     version = "1"
     Params = Params
-    code_deps = ("pipeline.quality", "pipeline.quality.signals", "pipeline.quality.presets", "pipeline.quality.tokenize", "pipeline.quality._spacy_en")
+    code_deps = ("pipeline.text.quality", "pipeline.text.quality.signals", "pipeline.text.quality.presets", "pipeline.text.quality.tokenize", "pipeline.text.quality._spacy_en")
     description = "heuristic quality signals (q_* columns) and Gopher / C4 / FineWeb / FineWeb-2 zh thresholds"
 
     def provenance(self) -> dict:

@@ -13,11 +13,10 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from pipeline import storage
-from pipeline.errors import SourceError
-from pipeline.stage import DOC_SCHEMA, NodeContext, RunContext, SourceStage, removed_rows
-from pipeline.manifest import SourceConfig
-
+from pipeline.common import storage
+from pipeline.common.errors import SourceError
+from pipeline.core.manifest import SourceConfig
+from pipeline.core.stage import DOC_SCHEMA, NodeContext, RunContext, SourceStage, removed_rows
 
 PACKAGED_BUILDERS = {"json", "csv", "parquet", "arrow", "text", "webdataset"}
 

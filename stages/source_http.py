@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline import http
-from pipeline.stage import NodeContext, RunContext, SourceStage
+from pipeline.core.stage import NodeContext, RunContext, SourceStage
+from pipeline.io import http
+from pipeline.io.urls import redact_url
 from stages.source_local import RecordFields, read_files
 
 
@@ -42,12 +43,12 @@ class HttpSource(SourceStage):
     name = "http"
     version = "1"
     Config = HttpConfig
-    code_deps = ("pipeline.formats.records", "pipeline.http", "stages.source_local")
+    code_deps = ("pipeline.io.formats.records", "pipeline.io.http", "stages.source_local")
 
     def resolve(self, rctx: RunContext) -> dict:
         cfg: HttpConfig = self.params
         key = cfg.sha256 or hashlib.sha256(cfg.url.encode()).hexdigest()
-        return {"identity": {"sha256": cfg.sha256, "url": None if cfg.sha256 else http.redact_url(cfg.url)}, "url": http.redact_url(cfg.url), "cache_key": key}
+        return {"identity": {"sha256": cfg.sha256, "url": None if cfg.sha256 else redact_url(cfg.url)}, "url": redact_url(cfg.url), "cache_key": key}
 
     def run(self, ctx: NodeContext) -> dict:
         cfg: HttpConfig = self.params

@@ -21,11 +21,14 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from pipeline import http, remote, storage, task_sync
-from pipeline.errors import SourceError, StageError
-from pipeline.formats import records as rec_fmt
-from pipeline.manifest import SourceConfig
-from pipeline.stage import DOC_SCHEMA, NodeContext, RunContext, SourceStage, removed_rows
+from pipeline.common import storage
+from pipeline.common.errors import SourceError, StageError
+from pipeline.core.manifest import SourceConfig
+from pipeline.core.stage import DOC_SCHEMA, NodeContext, RunContext, SourceStage, removed_rows
+from pipeline.exec import task_sync
+from pipeline.io import remote
+from pipeline.io.formats import records as rec_fmt
+from pipeline.io.urls import redact_url
 
 # Columns that rows of a fine-tuning source carry beside DOC_SCHEMA's (all strings).
 TASK_COLUMNS = {"pretrain": [], "classification": ["label"], "sft": ["instruction", "response"]}
@@ -77,17 +80,17 @@ class LocalSource(SourceStage):
     name = "local"
     version = "1"
     Config = LocalConfig
-    code_deps = ("pipeline.formats.records", "pipeline.formats.mediawiki_xml")
+    code_deps = ("pipeline.io.formats.records", "pipeline.io.formats.mediawiki_xml")
 
     def _files(self, rctx: RunContext) -> list[Path]:
         base = Path(rctx.manifest.path).parent if rctx.manifest is not None else Path.cwd()
         files: list[Path] = []
         for pattern in self.params.paths:
             if remote.is_url(pattern):  # s3://bucket/dir/*.jsonl: copied into the cache, pinned by sha256
-                urls = remote.expand_inputs(pattern)
-                if not urls:
-                    raise SourceError(f"no file matches {remote.redact(pattern)!r}", where=f"sources.{self.params.name}.paths", hint="check the bucket, prefix and credentials")
-                files.extend(remote.fetch_input(url, rctx.cache_dir)[0] for url in urls)
+                matches = remote.expand_inputs(pattern)
+                if not matches:
+                    raise SourceError(f"no file matches {redact_url(pattern)!r}", where=f"sources.{self.params.name}.paths", hint="check the bucket, prefix and credentials")
+                files.extend(remote.fetch_input(url, rctx.cache_dir)[0] for url in matches)
                 continue
             full = pattern if Path(pattern).is_absolute() else str(base / pattern)
             matched = sorted(Path(p) for p in glob.glob(full, recursive=True) if Path(p).is_file())
@@ -98,7 +101,7 @@ class LocalSource(SourceStage):
 
     def resolve(self, rctx: RunContext) -> dict:
         files = self._files(rctx)
-        identity = [{"name": f.name, "size": f.stat().st_size, "sha256": http.file_digests(f)["sha256"]} for f in files]
+        identity = [{"name": f.name, "size": f.stat().st_size, "sha256": storage.file_digests(f)["sha256"]} for f in files]
         return {"identity": {"files": identity}, "paths": [str(f) for f in files]}
 
     def run(self, ctx: NodeContext) -> dict:
@@ -124,7 +127,7 @@ def read_files(stage: SourceStage, ctx: NodeContext, paths: list[Path]) -> None:
     for i, ((_, path, fmt, span), first) in enumerate(zip(pieces, firsts)):
         out, removed = str(ctx.part_path(i)), str(ctx.removed_path(i))
         if fmt == "mediawiki-xml":
-            from pipeline.formats import mediawiki_xml as mx
+            from pipeline.io.formats import mediawiki_xml as mx
 
             header = mx.read_header(path, None)
             wiki = cfg.wiki or header.get("dbname") or cfg.name

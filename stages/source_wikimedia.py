@@ -18,11 +18,13 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from pipeline import http, storage
-from pipeline.errors import SourceError
-from pipeline.formats import mediawiki_xml as mx
-from pipeline.manifest import SourceConfig
-from pipeline.stage import DOC_SCHEMA, NodeContext, RunContext, SourceStage, removed_rows
+from pipeline.common import storage
+from pipeline.common.errors import SourceError
+from pipeline.core.manifest import SourceConfig
+from pipeline.core.stage import DOC_SCHEMA, NodeContext, RunContext, SourceStage, removed_rows
+from pipeline.io import http
+from pipeline.io.formats import mediawiki_xml as mx
+from pipeline.io.urls import redact_url
 
 DEFAULT_MIRROR = "https://dumps.wikimedia.org"
 JOB = "articlesmultistreamdump"
@@ -72,7 +74,7 @@ class WikimediaDumpSource(SourceStage):
     name = "wikimedia-dump"
     version = "1"
     Config = WikimediaDumpConfig
-    code_deps = ("pipeline.formats.mediawiki_xml", "pipeline.http")
+    code_deps = ("pipeline.io.formats.mediawiki_xml", "pipeline.io.http")
 
     # ---- resolve: metadata only -------------------------------------------------------
     def resolve(self, rctx: RunContext) -> dict:
@@ -91,7 +93,7 @@ class WikimediaDumpSource(SourceStage):
                 if cfg.date != "latest":
                     raise SourceError(
                         f"cannot read the status of dump {cfg.wiki} {date} ({exc.what})",
-                        where=http.redact_url(status_url),
+                        where=redact_url(status_url),
                         hint="check the date (YYYYMMDD) and the mirror; 'date: latest' picks the newest finished dump",
                     ) from None
                 checked.append(f"{date} (no dumpstatus.json)")
@@ -110,12 +112,12 @@ class WikimediaDumpSource(SourceStage):
             if cfg.date != "latest":
                 raise SourceError(
                     f"dump {cfg.wiki} {date} is not finished: its {JOB} job is {state!r}",
-                    where=http.redact_url(status_url),
+                    where=redact_url(status_url),
                     hint="use a finished date, or 'date: latest' to pick the newest finished dump",
                 )
         raise SourceError(
             f"no dump of {cfg.wiki} has a finished {JOB} job; checked: {', '.join(checked) or 'no dates found'}",
-            where=http.redact_url(base + "/"),
+            where=redact_url(base + "/"),
             hint="try again later, pick a date explicitly, or use another mirror",
         )
 
@@ -135,7 +137,7 @@ class WikimediaDumpSource(SourceStage):
         if not dates:
             raise SourceError(
                 f"cannot list the dump dates of {self.params.wiki}" + (f" ({errors[0]})" if errors else ""),
-                where=http.redact_url(base + "/"),
+                where=redact_url(base + "/"),
                 hint="check the mirror URL and the wiki name (e.g. zhwiki), or give an explicit date",
             )
         return sorted(dates, reverse=True)
@@ -149,7 +151,7 @@ class WikimediaDumpSource(SourceStage):
             if name not in files:
                 raise SourceError(
                     f"the {JOB} job of {cfg.wiki} {date} does not list {name}",
-                    where=http.redact_url(f"{base}/{date}/dumpstatus.json"),
+                    where=redact_url(f"{base}/{date}/dumpstatus.json"),
                     hint=f"files listed: {', '.join(sorted(files)) or 'none'}",
                 )
         published: dict[str, dict[str, str]] = {xml_name: {}, idx_name: {}}
@@ -165,7 +167,7 @@ class WikimediaDumpSource(SourceStage):
                 if from_file and from_status and from_file.lower() != from_status.lower():
                     raise SourceError(
                         f"{algo} of {name} differs between {algo}sums.txt ({from_file}) and dumpstatus.json ({from_status})",
-                        where=http.redact_url(url),
+                        where=redact_url(url),
                         hint="the mirror is inconsistent (a dump being replaced?); try again later or use another mirror",
                     )
                 if from_file or from_status:
@@ -175,7 +177,7 @@ class WikimediaDumpSource(SourceStage):
                 if not sums:
                     raise SourceError(
                         f"no published md5/sha1 for {name}",
-                        where=http.redact_url(f"{base}/{date}/"),
+                        where=redact_url(f"{base}/{date}/"),
                         hint="set checksum: verify (check when available) or skip on this source to proceed without",
                     )
         if cfg.checksum == "skip":
@@ -187,7 +189,7 @@ class WikimediaDumpSource(SourceStage):
         return {
             "identity": {"wiki": cfg.wiki, "date": date, "xml": entry(xml_name), "index": entry(idx_name), "max_pages": cfg.max_pages},
             "urls": {"xml": f"{base}/{date}/{xml_name}", "index": f"{base}/{date}/{idx_name}", "dumpstatus": f"{base}/{date}/dumpstatus.json"},
-            "mirror": http.redact_url(cfg.mirror),
+            "mirror": redact_url(cfg.mirror),
         }
 
     # ---- run: download and parse ----------------------------------------------------------
@@ -217,7 +219,7 @@ class WikimediaDumpSource(SourceStage):
         if cfg.max_pages:
             offsets, n_pages = [e[0] for e in entries], len(entries)
         if not n_pages:
-            raise SourceError("the multistream index lists no pages", where=http.redact_url(urls["index"]))
+            raise SourceError("the multistream index lists no pages", where=redact_url(urls["index"]))
         ranges = mx.stream_ranges(offsets, file_size)
         header = mx.read_header(xml_path, ranges[0][0])
         base = header.get("article_base") or mx.wiki_article_base(cfg.wiki)
@@ -238,7 +240,7 @@ class WikimediaDumpSource(SourceStage):
         if meta.get("size") and record.bytes != meta["size"]:
             raise SourceError(
                 f"size mismatch: dumpstatus.json says {meta['size']} bytes, got {record.bytes}",
-                where=http.redact_url(url),
+                where=redact_url(url),
                 hint="the mirror may be serving a different dump; delete the cached file and re-run",
             )
         ctx.run.console.log(f"\\[{self.node}] {dest.name}: {record.bytes:,} bytes, verified {', '.join(record.verified) or 'nothing (no published checksum)'}{' (cached)' if record.from_cache else ''}")
@@ -258,7 +260,7 @@ class WikimediaDumpSource(SourceStage):
                 break
         if end is None:
             if not xml_size:
-                raise SourceError("cannot tell where the last stream ends: dumpstatus.json gives no size", where=http.redact_url(index_url))
+                raise SourceError("cannot tell where the last stream ends: dumpstatus.json gives no size", where=redact_url(index_url))
             end = int(xml_size)
         return entries, end
 
@@ -270,12 +272,12 @@ class WikimediaDumpSource(SourceStage):
             return path, http.DownloadRecord(**{**meta, "path": str(path), "from_cache": True})
         data, headers = http.fetch_range(url, 0, end)
         if len(data) != end:
-            raise SourceError(f"short read: asked for bytes 0-{end - 1}, got {len(data)} bytes", where=http.redact_url(url), hint="re-run to try again")
+            raise SourceError(f"short read: asked for bytes 0-{end - 1}, got {len(data)} bytes", where=redact_url(url), hint="re-run to try again")
         storage.atomic_write_bytes(path, data)
         from datetime import datetime, timezone
 
         record = http.DownloadRecord(
-            url=url, path=str(path), bytes=len(data), checksums=http.file_digests(path), verified=[],
+            url=url, path=str(path), bytes=len(data), checksums=storage.file_digests(path), verified=[],
             etag=headers.get("etag"), last_modified=headers.get("last_modified"),
             retrieved_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), byte_range=[0, end],
         )
@@ -288,7 +290,7 @@ class _byte_progress:
     """A rich progress bar for one download, as a context manager yielding an update callback."""
 
     def __init__(self, ctx: NodeContext, label: str):
-        from pipeline.executors import make_progress
+        from pipeline.exec.executors import make_progress
 
         self.bar = make_progress(ctx.run.console) if ctx.run.progress else None
         self.label = label

@@ -25,7 +25,7 @@ Phases (``docs/tokenization.md`` has the details and the measured figures):
    ``split`` and ``n_tokens`` columns) to the node's part, and dropped ones to the ledger
    (``tokenize:empty``: no text; ``tokenize:lossy``: decoding would not give the text back).
 4. pack -- in this process: stream the work files in part order into rows of ``seq_len``
-   tokens and write ``tokens/`` (``pipeline.packing``); then delete ``work/``.
+   tokens and write ``tokens/`` (``pipeline.text.packing``); then delete ``work/``.
 
 Everything is deterministic: the same input and parameters give the same bytes for any number
 of workers, and a killed run resumes from its finished partitions.
@@ -45,10 +45,12 @@ import pyarrow.parquet as pq
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline import packing, storage
-from pipeline import tokenizer as tkz
-from pipeline.errors import StageError
-from pipeline.stage import REMOVED_SCHEMA, NodeContext, Stage, merge_stats, removed_rows
+from pipeline.common import storage
+from pipeline.common.errors import StageError
+from pipeline.core.stage import REMOVED_SCHEMA, NodeContext, Stage, merge_stats, removed_rows
+from pipeline.exec.task_sync import ensure_local
+from pipeline.text import packing
+from pipeline.text import tokenizer as tkz
 
 SPLITS = packing.SPLITS
 KEPT_ROW_GROUP = 8192
@@ -85,7 +87,7 @@ class Tokenize(Stage):
     name = "tokenize"
     version = "1"
     Params = Params
-    code_deps = ("pipeline.tokenizer", "pipeline.packing")
+    code_deps = ("pipeline.text.tokenizer", "pipeline.text.packing")
     description = "SentencePiece tokenizer (trained or given), tokenization, packing into seq_len rows, DatasetDict token shards"
     publishes = {"tokens": "tokens", "tokenizer": "tokenizer"}
 
@@ -358,7 +360,7 @@ def _first_texts(parts: list[str], n: int) -> list[str]:
 
 # -------------------------------------------------------------------------------- encode
 def _encode_task(part: str, index: int, cfg: dict, work: str, out_path: str, removed_path: str) -> dict:
-    tok = tkz.cached_tokenizer(cfg["tokenizer_dir"], cfg["tokenizer_sha256"])
+    tok = tkz.cached_tokenizer(ensure_local(cfg["tokenizer_dir"]), cfg["tokenizer_sha256"])  # a blind Dask worker fetches the folder
     dtype = np.dtype(cfg["dtype"])
     eos, bos = cfg["eos_id"], cfg["bos_id"]
     forced = set(cfg["forced_validation"])

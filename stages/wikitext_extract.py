@@ -2,7 +2,7 @@
 
 Keeps the configured namespaces (articles, ns 0, by default), drops redirects (by the
 dump's ``<redirect>`` element, never by keyword matching), converts wikitext to plain text
-(``pipeline.formats.wikitext``: templates, refs, tables, files, categories dropped; link
+(``pipeline.io.formats.wikitext``: templates, refs, tables, files, categories dropped; link
 text kept; ``-{zh-hans:…;zh-hant:…}-`` resolved to one variant) and drops pages that end up
 empty. Every dropped page goes to the ledger with its reason.
 """
@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.formats.wikitext import DEFAULT_DROP_SECTIONS, wikitext_to_text
-from pipeline.stage import DOC_SCHEMA, MapStage, removed_rows
+from pipeline.core.stage import DOC_SCHEMA, MapStage, removed_rows
+from pipeline.io.formats.wikitext import DEFAULT_DROP_SECTIONS, wikitext_to_text
 
 
 class Params(BaseModel):
@@ -31,7 +31,7 @@ class WikitextExtract(MapStage):
     name = "wikitext_extract"
     version = "1"
     Params = Params
-    code_deps = ("pipeline.formats.wikitext",)
+    code_deps = ("pipeline.io.formats.wikitext",)
 
     def process(self, table: pa.Table) -> tuple[pa.Table, pa.Table]:
         p: Params = self.params

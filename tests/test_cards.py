@@ -1,5 +1,5 @@
-"""Dataset cards, attribution, lineage and Croissant for a run's output (pipeline.cards,
-pipeline.attribution, pipeline.lineage, pipeline.croissant), on two real runs: local jsonl
+"""Dataset cards, attribution, lineage and Croissant for a run's output (pipeline.audit.cards,
+pipeline.audit.attribution, pipeline.audit.lineage, pipeline.audit.croissant), on two real runs: local jsonl
 sources (one under an overridden LicenseRef license, awkward titles, duplicates, a tokenize
 stage) and a zhwiki-shaped mirror run through the wiki-zh manifest."""
 
@@ -20,10 +20,10 @@ import pytest
 import yaml
 from rich.console import Console
 
-from pipeline import attribution, cards, lineage
-from pipeline.executors import LocalExecutor
-from pipeline.manifest import load_manifest
-from pipeline.runner import run_manifest
+from pipeline.audit import attribution, cards, lineage
+from pipeline.exec.executors import LocalExecutor
+from pipeline.run.load import load_manifest
+from pipeline.run.runner import run_manifest
 from tests.conftest import REPO, SHARED
 
 DATASHEET = ["Motivation", "Composition", "Collection process", "Preprocessing", "Uses", "Distribution", "Maintenance"]
@@ -313,7 +313,7 @@ def test_titles_are_escaped_for_markdown_and_html(local_run):
 @pytest.mark.parametrize("run_name", ["local_run", "wiki_run"])
 def test_croissant_validates_and_pins_the_shards(run_name, request):
     pytest.importorskip("mlcroissant")
-    from pipeline import croissant
+    from pipeline.audit import croissant
 
     out = request.getfixturevalue(run_name)
     warned = croissant.validate(out / "croissant.json")
@@ -342,7 +342,7 @@ def test_croissant_validates_and_pins_the_shards(run_name, request):
 
 def test_croissant_rejects_a_broken_file(tmp_path):
     pytest.importorskip("mlcroissant")
-    from pipeline import croissant
+    from pipeline.audit import croissant
 
     bad = tmp_path / "croissant.json"
     bad.write_text(json.dumps({"@context": croissant.CONTEXT, "@type": "sc:Dataset", "conformsTo": croissant.CONFORMS_TO, "name": "x", "recordSet": [{"@type": "cr:RecordSet", "@id": "r", "field": [{"@type": "cr:Field", "@id": "r/a", "dataType": "sc:Text", "source": {"fileSet": {"@id": "missing"}, "extract": {"column": "a"}}}]}]}))

@@ -22,8 +22,9 @@ pytest.importorskip("distributed", reason="the Dask executor needs the [dask] ex
 
 from distributed import Client, LocalCluster  # noqa: E402
 
-from pipeline.errors import PipelineError, StageError  # noqa: E402
-from pipeline.executors import LocalExecutor, make_executor  # noqa: E402
+from pipeline.common.errors import PipelineError, StageError  # noqa: E402
+from pipeline.exec.executors import LocalExecutor  # noqa: E402
+from pipeline.exec.factory import make_executor  # noqa: E402
 from tests.conftest import REPO, SHARED, run_cli  # noqa: E402
 from tests.support.mirror import MirrorServer  # noqa: E402
 from tests.support.wikidump import build_curation_pages, build_mirror, build_pages  # noqa: E402
@@ -198,7 +199,7 @@ def test_workers_without_the_runners_files_exchange_them_through_s3(local_ref, r
     The store ends up with the local executor's bytes, and a re-run does nothing."""
     pytest.importorskip("moto", reason="moto[server] is needed for the S3 tests")
     pytest.importorskip("s3fs", reason="s3fs is needed for the S3 tests")
-    from pipeline import remote
+    from pipeline.io import remote
     from tests.support.s3 import S3Server
 
     args, _ = run_args
@@ -323,7 +324,7 @@ def test_clear_errors_for_bad_executor_options(monkeypatch):
     with pytest.raises(PipelineError, match="cannot connect to the Dask scheduler"):
         make_executor("dask", scheduler="tcp://127.0.0.1:9", connect_timeout=1)
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if the [dask] extra were not installed
-    monkeypatch.delitem(sys.modules, "pipeline.executors_dask", raising=False)
+    monkeypatch.delitem(sys.modules, "pipeline.exec.dask_executor", raising=False)
     with pytest.raises(PipelineError) as info:
         make_executor("dask")
     assert "pip install 'grist-pipeline[dask]'" in str(info.value)

@@ -21,11 +21,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from pipeline.errors import ManifestError, PipelineError
-from pipeline.executors import LocalExecutor
-from pipeline.manifest import load_manifest
-from pipeline.runner import run_manifest
-from pipeline.tokenizer import load_tokenizer
+from pipeline.common.errors import ManifestError, PipelineError
+from pipeline.exec.executors import LocalExecutor
+from pipeline.run.load import load_manifest
+from pipeline.run.runner import run_manifest
+from pipeline.text.tokenizer import load_tokenizer
 from pipeline.train import TrainError
 from pipeline.train.finetune import (
     FinetuneConfig,
@@ -373,7 +373,7 @@ def test_config_from_a_dict_rejects_unknown_keys():
 
 # ============================================================ units
 def test_map_stages_keep_the_label_and_sft_columns():
-    from pipeline.stage import DOC_SCHEMA
+    from pipeline.core.stage import DOC_SCHEMA
     from stages import get_stage_class
 
     texts = ["这本书写得很好，我非常喜欢，推荐给大家阅读。内容丰富，文笔流畅。" * 3, "质量太差了，根本不值这个价格，非常失望，不会再买。" * 3, "An English review of a book that I liked a lot."]

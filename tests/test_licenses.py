@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from pipeline.errors import LicenseError, ManifestError
-from pipeline.executors import LocalExecutor
-from pipeline.licenses import assess, check, classify, license_table, share_alike_targets
-from pipeline.manifest import load_manifest
-from pipeline.runner import run_manifest
+from pipeline.audit.licenses import assess, check, classify, license_table, share_alike_targets
+from pipeline.common.errors import LicenseError, ManifestError
+from pipeline.exec.executors import LocalExecutor
+from pipeline.run.load import load_manifest
+from pipeline.run.runner import run_manifest
 from tests.conftest import REPO, run_cli
 from tests.support.mirror import MirrorServer
 

@@ -1,4 +1,4 @@
-"""Language identification: backends (pipeline/lid.py), the lid_filter stage, and the default
+"""Language identification: backends (pipeline/text/lid.py), the lid_filter stage, and the default
 backend's accuracy on the shared lid-sentences corpus (skipped when it is absent)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from pipeline import lid
-from pipeline.stage import REMOVED_SCHEMA
+from pipeline.core.stage import REMOVED_SCHEMA
+from pipeline.text import lid
 from stages import get_stage_class
 
 REPO = Path(__file__).resolve().parents[1]
@@ -248,9 +248,9 @@ def test_stage_real_backend_and_provenance():
 def test_stage_in_a_run(tmp_path, cache_env):
     from rich.console import Console
 
-    from pipeline.executors import LocalExecutor
-    from pipeline.manifest import load_manifest
-    from pipeline.runner import run_manifest
+    from pipeline.exec.executors import LocalExecutor
+    from pipeline.run.load import load_manifest
+    from pipeline.run.runner import run_manifest
 
     (tmp_path / "docs").mkdir()
     rows = [{"id": "zh1", "text": ZH_HANS}, {"id": "zh2", "text": ZH_HANT}, {"id": "en", "text": SAMPLES["en"]}, {"id": "ko", "text": SAMPLES["ko"]}]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.dag import build_dag
-from pipeline.errors import ManifestError
-from pipeline.manifest import load_manifest
+from pipeline.common.errors import ManifestError
+from pipeline.core.dag import build_dag
+from pipeline.run.load import load_manifest
 from tests.conftest import REPO, run_cli
 
 GOOD = """

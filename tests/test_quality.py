@@ -12,9 +12,9 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from pipeline.quality import PRESETS, compute_signals, corpus, decide, normalize_lang, resolve_preset
-from pipeline.quality import tokenize as qtok
-from pipeline.stage import REMOVED_SCHEMA
+from pipeline.core.stage import REMOVED_SCHEMA
+from pipeline.text.quality import PRESETS, compute_signals, corpus, decide, normalize_lang, resolve_preset
+from pipeline.text.quality import tokenize as qtok
 from stages import get_stage_class
 
 EN = (
@@ -297,9 +297,9 @@ def english_eval():
         pytest.skip(f"shared corpora not present under {corpus.corpora_dir()}")
     pytest.importorskip("datatrove")
     pytest.importorskip("spacy")
-    from pipeline.quality import oracle
-
     import os
+
+    from pipeline.text.quality import oracle
 
     docs = corpus.english_corpus()
     return docs, oracle.datatrove_gopher(docs, workers=min(2, os.cpu_count() or 1))
@@ -332,7 +332,7 @@ def test_zh_preset_agrees_with_fineweb2_block():
         pytest.skip("shared zhwiki articles not present")
     pytest.importorskip("datatrove")
     pytest.importorskip("spacy")
-    from pipeline.quality import oracle
+    from pipeline.text.quality import oracle
 
     docs = corpus.chinese_corpus()[::8]  # 38 documents: datatrove's jieba path is slow
     ours = decide(compute_signals(docs, ["zh"] * len(docs)), "zh").get_column("keep").to_list()

@@ -1,4 +1,4 @@
-"""pipeline/remote.py against a real S3-compatible server (moto, loopback)."""
+"""pipeline/io/remote.py against a real S3-compatible server (moto, loopback)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("moto", reason="moto[server] is needed for the S3 tests (pip install 'moto[server]')")
 pytest.importorskip("s3fs", reason="s3fs is needed for the S3 tests")
 
-from pipeline import remote  # noqa: E402
+from pipeline.io import remote  # noqa: E402
 from tests.support.s3 import S3Server  # noqa: E402
 
 
@@ -232,11 +232,11 @@ def test_local_source_reads_inputs_from_s3(s3, tmp_path):
 # ------------------------------------------------------- tasks on workers without the runner's files
 def _copy_task(src: str, node_dir: str) -> dict:
     """A task as stages write them: reads its input part (and a work file it finds itself), writes
-    its output part; ``_task_entry`` then writes its marker. Meanwhile "another task" on this
+    its output part; ``task_entry`` then writes its marker. Meanwhile "another task" on this
     machine finishes in the same folder: its marker must not be uploaded by this one."""
     from pathlib import Path
 
-    from pipeline.task_sync import ensure_local
+    from pipeline.exec.task_sync import ensure_local
 
     data = Path(src).read_bytes() + ensure_local(Path(node_dir) / "work" / "extra.bin").read_bytes()
     out = Path(node_dir) / "part-00000.parquet"
@@ -247,7 +247,7 @@ def _copy_task(src: str, node_dir: str) -> dict:
 
 
 def test_a_worker_that_does_not_see_the_runner_works_through_the_store(s3, tmp_path, monkeypatch):
-    from pipeline import task_sync
+    from pipeline.exec import task_sync
 
     runner = remote.RemoteDir("s3://grist/run-t", tmp_path / "runner")
     _write(runner.local / "stages/a/part-00000.parquet", b"input")
@@ -280,7 +280,7 @@ def test_a_worker_that_does_not_see_the_runner_works_through_the_store(s3, tmp_p
     assert runner.pull() == 2 and (runner.local / "stages/b/part-00000.parquet").read_bytes() == b"INPUT+EXTRA"
 
     # a file neither in the store nor shared: a clear error, not a bare FileNotFoundError
-    from pipeline.errors import StageError
+    from pipeline.common.errors import StageError
 
     fs.rm_file("grist/run-t/stages/b/work/extra.bin")
     with pytest.raises(StageError, match="does not share the runner's files") as info:
@@ -289,10 +289,10 @@ def test_a_worker_that_does_not_see_the_runner_works_through_the_store(s3, tmp_p
 
 
 def _copy_task_in(mirror, args):
-    from pipeline import task_sync
-    from pipeline.stage import _task_entry
+    from pipeline.exec import task_sync
+    from pipeline.exec.tasks import task_entry
 
-    return task_sync.run_mirrored(mirror, _task_entry, (_copy_task, args[1], 0, args, ""))
+    return task_sync.run_mirrored(mirror, task_entry, (_copy_task, args[1], 0, args, ""))
 
 
 def test_push_sends_task_markers_after_the_parts_they_vouch_for(s3, tmp_path, monkeypatch):
@@ -328,8 +328,8 @@ def test_pull_keeps_a_file_rewritten_here_and_folder_fetch_drops_stale_files(s3,
 
 
 def test_an_input_only_the_runner_has_gets_the_store_hint_on_a_blind_worker(s3, tmp_path, monkeypatch):
-    from pipeline import task_sync
-    from pipeline.errors import StageError
+    from pipeline.common.errors import StageError
+    from pipeline.exec import task_sync
     from stages.source_local import read_records_task
 
     runner = remote.RemoteDir("s3://grist/run-hint", tmp_path / "runner")

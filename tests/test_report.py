@@ -85,7 +85,7 @@ def _data_rows(out: Path) -> int:
 
 # ----------------------------------------------------------------------------- facts
 def test_funnel_equals_stats_and_data_rows(small_run):
-    from pipeline.report.facts import gather
+    from pipeline.audit.report.facts import gather
 
     facts = gather(small_run)
     scope = facts["scopes"]["output"]
@@ -102,7 +102,7 @@ def test_funnel_equals_stats_and_data_rows(small_run):
 
 
 def test_source_scopes_add_up_to_the_whole(small_run):
-    from pipeline.report.facts import gather
+    from pipeline.audit.report.facts import gather
 
     facts = gather(small_run)
     whole = {r["node"]: r for r in facts["scopes"]["output"]["funnel"]}
@@ -120,7 +120,7 @@ def test_source_scopes_add_up_to_the_whole(small_run):
 def test_removals_and_samples_follow_the_ledger(small_run):
     import pyarrow.parquet as pq
 
-    from pipeline.report.facts import gather
+    from pipeline.audit.report.facts import gather
 
     facts = gather(small_run, samples=3)
     scope = facts["scopes"]["output"]
@@ -141,8 +141,8 @@ def test_removals_and_samples_follow_the_ledger(small_run):
 
 
 def test_quality_histograms_carry_the_recorded_thresholds(small_run):
-    from pipeline.quality import resolve_preset
-    from pipeline.report.facts import gather
+    from pipeline.audit.report.facts import gather
+    from pipeline.text.quality import resolve_preset
 
     facts = gather(small_run)
     (q,) = facts["scopes"]["output"]["quality"]
@@ -158,8 +158,8 @@ def test_quality_histograms_carry_the_recorded_thresholds(small_run):
 
 # ----------------------------------------------------------------------------- HTML
 def test_html_helpers_escape_everything():
-    from pipeline.report import svg
-    from pipeline.report.html import CSP, Safe, esc, link, page, render, table
+    from pipeline.audit.report import svg
+    from pipeline.audit.report.html import CSP, Safe, esc, link, page, render, table
 
     assert esc(SCRIPT) == "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;"
     assert render("<p title=\"$t\">$t</p>", t='"><script>') == '<p title="&quot;&gt;&lt;script&gt;">&quot;&gt;&lt;script&gt;</p>'
@@ -174,7 +174,7 @@ def test_html_helpers_escape_everything():
 
 
 def test_report_pages_keep_document_markup_inert(small_run):
-    from pipeline.report import build_report
+    from pipeline.audit.report import build_report
 
     index = build_report(small_run, samples=3)
     report = index.parent
@@ -237,7 +237,7 @@ def test_report_command_refuses_what_is_not_a_finished_run(tmp_path, small_run):
 
 
 def test_damaged_run_files_give_a_clear_error(small_run, tmp_path):
-    from pipeline.report import ReportError, build_report
+    from pipeline.audit.report import ReportError, build_report
 
     copy = tmp_path / "copy"
     shutil.copytree(small_run, copy)
@@ -277,7 +277,7 @@ def wiki_run(tmp_path_factory):
 def _ledger_groups(out: Path) -> dict[tuple[str, str], int]:
     import polars as pl
 
-    from pipeline.report.facts import REASON_GROUP
+    from pipeline.audit.report.facts import REASON_GROUP
 
     ledger = pl.read_parquet(sorted(out.glob("stages/*/removed/*.parquet")))
     grouped = ledger.group_by("node", pl.col("reason").str.replace(REASON_GROUP, "")).len()

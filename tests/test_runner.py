@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
-from pipeline.errors import PipelineError
-from pipeline.executors import LocalExecutor
-from pipeline.manifest import load_manifest
-from pipeline.runner import run_manifest
+from pipeline.common.errors import PipelineError
+from pipeline.exec.executors import LocalExecutor
+from pipeline.run.load import load_manifest
+from pipeline.run.runner import run_manifest
 
 MANIFEST = """
 name: local-test
@@ -134,7 +134,7 @@ def _write_range_task(lo: int, hi: int, out: str) -> dict:
     """Writes rows lo..hi-1 as one part: a source task whose partitioning is a parameter."""
     import pyarrow as pa
 
-    from pipeline import storage
+    from pipeline.common import storage
 
     storage.write_parquet(pa.table({"n": list(range(lo, hi))}), Path(out))
     return {"in": hi - lo, "out": hi - lo, "removed": 0}
@@ -143,7 +143,7 @@ def _write_range_task(lo: int, hi: int, out: str) -> dict:
 def test_resume_with_other_partitioning_starts_the_phase_over(tmp_path):
     """An interrupted node resumed with other tasks under the same fingerprint (a source's
     streams_per_partition is not part of it) must not keep markers and parts of the old tasks."""
-    from pipeline.stage import NodeContext, RunContext
+    from pipeline.core.stage import NodeContext, RunContext
 
     console = Console(quiet=True)
     node = tmp_path / "stages" / "src"

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
-from pipeline.errors import ManifestError, PipelineError
-from pipeline.executors import LocalExecutor
-from pipeline.manifest import load_manifest
-from pipeline.runner import run_manifest
+from pipeline.common.errors import ManifestError, PipelineError
+from pipeline.exec.executors import LocalExecutor
+from pipeline.run.load import load_manifest
+from pipeline.run.runner import run_manifest
 from tests.support.mirror import MirrorServer
 
 
@@ -142,7 +142,7 @@ def test_large_files_are_read_in_pieces_with_the_same_documents(tmp_path, cache_
 
 
 def test_pieces_split_at_line_ends(tmp_path):
-    from pipeline.formats import records as rf
+    from pipeline.io.formats import records as rf
 
     path = tmp_path / "x.jsonl"
     _jsonl_with_everything(path, 200)
@@ -171,7 +171,7 @@ def test_a_file_listed_twice_gets_the_same_ids_in_pieces(tmp_path, cache_env):
 
 
 def test_layout_digest_ignores_where_the_run_and_its_inputs_live():
-    from pipeline.stage import _layout_digest
+    from pipeline.core.stage import _layout_digest
 
     def tasks(root: str, inputs: str) -> list[tuple]:
         return [(f"{inputs}/a.jsonl", "jsonl", {"span": [0, 10]}, f"{root}/stages/docs/part-00000.parquet")]

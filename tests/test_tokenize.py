@@ -23,10 +23,10 @@ import pytest
 import sentencepiece as spm
 from rich.console import Console
 
-from pipeline.errors import PipelineError
-from pipeline.executors import LocalExecutor
-from pipeline.manifest import load_manifest
-from pipeline.runner import run_manifest
+from pipeline.common.errors import PipelineError
+from pipeline.exec.executors import LocalExecutor
+from pipeline.run.load import load_manifest
+from pipeline.run.runner import run_manifest
 from tests.conftest import SHARED
 
 SEQ_LEN = 128
@@ -376,7 +376,7 @@ def test_hf_twin_of_a_unigram_model_gives_the_same_ids(built):
     (float64, per word): documented, and reported by the stage's ``hf_agreement``."""
     from tokenizers import Tokenizer
 
-    from pipeline.tokenizer import hf_tokenizer_from_sentencepiece, train_sentencepiece
+    from pipeline.text.tokenizer import hf_tokenizer_from_sentencepiece, train_sentencepiece
 
     docs = built["docs"]
     texts = [t for d, t in sorted(docs.items())][:25] + MIXED
@@ -395,14 +395,14 @@ def test_hf_twin_of_a_unigram_model_gives_the_same_ids(built):
 
 
 def test_training_is_independent_of_thread_count_for_bpe(built):
-    from pipeline.tokenizer import train_sentencepiece
+    from pipeline.text.tokenizer import train_sentencepiece
 
     texts = list(built["docs"].values())[:40]
     assert train_sentencepiece(texts, vocab_size=5000, num_threads=1) == train_sentencepiece(texts, vocab_size=5000, num_threads=2)
 
 
 def test_packing_of_tiny_work_files(tmp_path):
-    from pipeline import packing
+    from pipeline.text import packing
 
     work = tmp_path / "work"
     streams = {"train": [([5, 6, 7, 2], "d0"), ([8, 2], "d1")], "validation": []}

@@ -25,11 +25,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 from pipeline.train import TrainError
+from pipeline.train.checkpoint import load_native
 from pipeline.train.config import build_config
 from pipeline.train.data import Batches, TokenStream, find_tokens_dir
-from pipeline.train.export import export_hf, load_native
+from pipeline.train.export import export_hf
 from pipeline.train.generate import load_for_generation, prompt_context, sample
 from pipeline.train.loop import TrainConfig, lr_at, read_metrics, train
 from pipeline.train.model import Transformer, preset

@@ -1,4 +1,4 @@
-"""Tests for pipeline.formats.wikitext (wikitext -> plain text).
+"""Tests for pipeline.io.formats.wikitext (wikitext -> plain text).
 
 Unit tests cover every rule; the tests at the end run the converter over the
 real dump samples in ``<repo>/../shared/corpora/wikidumps`` (skipped when that
@@ -17,8 +17,8 @@ from pathlib import Path
 import mwparserfromhell
 import pytest
 
-from pipeline.formats import wikitext as wt
-from pipeline.formats.wikitext import DEFAULT_DROP_SECTIONS, resolve_variants, wikitext_to_text
+from pipeline.io.formats import wikitext as wt
+from pipeline.io.formats.wikitext import DEFAULT_DROP_SECTIONS, resolve_variants, wikitext_to_text
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DUMPS = SHARED / "corpora" / "wikidumps"

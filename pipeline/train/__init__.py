@@ -5,7 +5,7 @@ a model card (export.py).  See docs/training.md."""
 
 from __future__ import annotations
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 
 class TrainError(PipelineError):

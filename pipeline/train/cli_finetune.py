@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 # train command option -> FinetuneConfig field
 OPTIONS = {

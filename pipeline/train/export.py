@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from pipeline.train import TrainError
+from pipeline.train.checkpoint import load_native
 from pipeline.train.model import ModelConfig, Transformer
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -53,23 +54,6 @@ def llama_config(cfg: ModelConfig, **special):
 def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     """Native names -> Llama names (``model.`` prefix; the tied head is not a separate tensor)."""
     return {f"model.{k}": v.detach().float().contiguous() for k, v in model.state_dict().items()}
-
-
-def load_native(checkpoint: str | Path) -> tuple[Transformer, dict]:
-    from pipeline.train.loop import load_checkpoint
-
-    ckpt = Path(checkpoint)
-    if (ckpt / "checkpoint").is_dir():  # a training out_dir
-        ckpt = ckpt / "checkpoint"
-    if not (ckpt / "state.json").is_file() or not (ckpt / "model.safetensors").is_file():
-        raise TrainError("no checkpoint here (state.json + model.safetensors)", where=str(ckpt), hint="pass a training out_dir or its checkpoint/ folder")
-    state, weights, _ = load_checkpoint(ckpt, optimizer=False)
-    model = Transformer(ModelConfig(**state["model"]))
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise TrainError(f"the weights do not fit the model recorded in state.json ({str(exc)[:300]})", where=str(ckpt), hint="restore the checkpoint folder as a whole") from None
-    return model.eval(), state
 
 
 def export_hf(checkpoint: str | Path, dest: str | Path, tokenizer_dir: str | Path | None = None, card: bool = True) -> Path:
@@ -123,11 +107,11 @@ def _assess_lock(lock: dict) -> dict | None:
     """The license engine's verdict for a run that predates ``licenses.json``: the lock minus
     what ``pipeline run`` added, loaded as a manifest and assessed."""
     try:
-        from pipeline.licenses import assess
-        from pipeline.manifest import load_manifest
+        from pipeline.audit.licenses import assess
+        from pipeline.run.load import load_manifest
     except ImportError:
         return None
-    from pipeline.errors import PipelineError
+    from pipeline.common.errors import PipelineError
 
     doc = {k: v for k, v in lock.items() if k not in ("pipeline_version", "packages")}
     doc["sources"] = [{k: v for k, v in src.items() if k != "resolved"} for src in lock.get("sources", [])]
@@ -160,8 +144,8 @@ def model_card(state: dict, model: Transformer, run_dir: Path) -> str:
     Everything taken from the manifest is escaped for Markdown/HTML."""
     from huggingface_hub import ModelCardData
 
-    from pipeline.attribution import md_code, md_escape, md_link
-    from pipeline.cards import hf_license
+    from pipeline.audit.attribution import md_code, md_escape, md_link
+    from pipeline.audit.cards import hf_license
 
     data_out = Path(state["data"]["tokens_dir"]).parent
     lock = _read(data_out / "manifest.lock.yaml", "yaml") or {}

@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.http import file_digests
+from pipeline.common.storage import file_digests
 from pipeline.train import TrainError
 from pipeline.train.loop import pick_device
 from pipeline.train.model import ModelConfig, Transformer

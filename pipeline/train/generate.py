@@ -150,7 +150,7 @@ def hf_to_native(folder: Path) -> Transformer:
 @dataclass
 class Loaded:
     model: Transformer
-    tokenizer: object  # pipeline.tokenizer.TextTokenizer
+    tokenizer: object  # pipeline.text.tokenizer.TextTokenizer
     eos_id: int | None
     bos_id: int | None
     source: Path
@@ -158,8 +158,8 @@ class Loaded:
 
 def load_for_generation(run: str | Path, device: torch.device) -> Loaded:
     """A training run folder (its ``checkpoint/``), a checkpoint folder, or a Hugging Face export."""
-    from pipeline.tokenizer import load_tokenizer
-    from pipeline.train.export import load_native
+    from pipeline.text.tokenizer import load_tokenizer
+    from pipeline.train.checkpoint import load_native
 
     run = Path(run)
     if (run / "checkpoint" / "state.json").is_file() or (run / "state.json").is_file():

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import math
 import os
-import pickle
 import shutil
 import signal
 import threading
@@ -36,12 +35,13 @@ from pathlib import Path
 import torch
 
 from pipeline.train import TrainError
+from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import Batches, TokenStream, eval_batches, find_tokens_dir, tokenizer_hash, vocab_size
 from pipeline.train.generate import sample, strip_eos
 from pipeline.train.model import ModelConfig, Transformer, preset
 
-__all__ = ["TrainConfig", "train", "read_metrics", "lr_at", "pick_device", "load_checkpoint"]
+__all__ = ["TrainConfig", "train", "read_metrics", "lr_at", "pick_device"]
 
 # Dense bf16 peak, FLOP/s, by device name substring (first match wins).
 PEAK_BF16 = [("H200", 989e12), ("H100", 989e12), ("A100", 312e12)]
@@ -133,57 +133,6 @@ def all_reduce(d: Dist, values: list[float], device: torch.device, op: str = "su
 
 
 # ---------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(out: Path, model: Transformer, opt: torch.optim.Optimizer, state: dict) -> None:
-    """``model`` is the plain module (never the compiled or DDP wrapper), so the names carry no
-    ``_orig_mod.`` / ``module.`` prefix and load into a fresh ``Transformer``."""
-    from safetensors.torch import save_file
-
-    final = out / "checkpoint"
-    tmp = out / ".checkpoint.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    old = out / ".checkpoint.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(path: Path, optimizer: bool = True) -> tuple[dict, dict, dict | None]:
-    """(state, weights, optimizer state or None) from a checkpoint folder; a missing or
-    unreadable file is a ``TrainError`` naming it."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    names = ("state.json", "model.safetensors") + (("optimizer.pt",) if optimizer else ())
-    files = [path / n for n in names]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise TrainError("checkpoint incomplete", where=", ".join(missing), hint="start without resume, or restore the checkpoint folder")
-    hint = "the checkpoint is damaged: restore it from a copy, or start a new run without --resume"
-    try:
-        state = json.loads(files[0].read_text(encoding="utf-8"))
-        if not isinstance(state, dict) or not {"step", "model", "data"} <= set(state):
-            raise ValueError("missing step/model/data")
-    except (OSError, ValueError) as exc:
-        raise TrainError(f"corrupt checkpoint state ({exc})", where=str(files[0]), hint=hint) from None
-    try:
-        weights = load_file(str(files[1]))
-    except (SafetensorError, OSError) as exc:
-        raise TrainError(f"corrupt checkpoint weights ({exc})", where=str(files[1]), hint=hint) from None
-    opt_state = None
-    if optimizer:
-        try:
-            opt_state = torch.load(files[2], map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-            raise TrainError(f"corrupt optimizer state ({type(exc).__name__}: {str(exc)[:200]})", where=str(files[2]), hint=hint) from None
-    return state, weights, opt_state
-
-
 def check_compatible(state: dict, seq_len: int, tok_hash: str, where: str) -> None:
     if state["data"]["seq_len"] != seq_len:
         raise TrainError(
@@ -268,7 +217,7 @@ class Sampler:
         self.cfg, self.eos_id, self.prompts = cfg, eos_id, []
         if cfg.sample_tokens <= 0 or (not cfg.sample_prompts and cfg.samples <= 0):
             return
-        from pipeline.tokenizer import load_tokenizer
+        from pipeline.text.tokenizer import load_tokenizer
 
         if not any((tokenizer_dir / n).is_file() for n in ("tokenizer.model", "tokenizer.json")):
             if cfg.sample_prompts:

@@ -6,8 +6,6 @@ tests can assert what was (not) fetched."""
 
 from __future__ import annotations
 
-import os
-
 
 class S3Server:
     def __init__(self, buckets: tuple[str, ...] = ("grist",)):

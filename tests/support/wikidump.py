@@ -19,13 +19,13 @@ Everything is deterministic for a given input and seed (file bytes included).
 from __future__ import annotations
 
 import bz2
-from collections import Counter
 import hashlib
 import html
 import json
 import random
 import re
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path

@@ -1,0 +1,235 @@
+"""The runner: resolve sources, walk the DAG, skip what is done, run what is not.
+
+Resumability rests on three rules:
+  * a node's fingerprint = hash(stage code, parameters, inputs' fingerprints, and for a
+    source what ``resolve()`` pinned); a node is skipped iff its ``_COMPLETE`` marker holds
+    the same fingerprint;
+  * every file is written atomically and ``_COMPLETE`` is written last, so a killed run
+    leaves at worst finished tasks (reused) and temp files (ignored);
+  * tasks are deterministic (task i always writes part i with the same bytes), so a resumed
+    run ends with exactly the output of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.common import storage
+from pipeline.common.errors import PipelineError, StageError
+from pipeline.core.dag import Dag, build_dag
+from pipeline.core.stage import NodeContext, NodeOutput, RunContext, Stage, code_fingerprint, merge_stats
+from pipeline.exec.executors import Executor
+from pipeline.exec.tasks import check_accounting
+from pipeline.io import remote
+from pipeline.io.export import export_dataset, publish_dir
+from pipeline.io.urls import redact_url
+from pipeline.run.provenance import write_lock, write_provenance
+
+# Source fields that describe the source but do not change the data it yields.
+NON_DATA_SOURCE_FIELDS = {"mirror", "description", "homepage", "citation", "attribution", "license_url", "license_override", "streams_per_partition", "partition_bytes"}
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    nodes_run: list[str] = field(default_factory=list)
+    nodes_skipped: list[str] = field(default_factory=list)
+    stats: dict[str, dict] = field(default_factory=dict)
+    export: dict | None = None
+    location: str | None = None  # where the output lives when it is remote (out_dir is then the working copy)
+
+
+def default_cache_dir(manifest) -> Path:
+    """The download cache: manifest ``cache_dir``, else ``$GRIST_CACHE``, else ~/.cache/grist/downloads.
+    A URL (``s3://…``) gives a local working copy mirrored to the store (see pipeline/io/remote.py)."""
+    configured = manifest.cache_dir or os.environ.get("GRIST_CACHE")
+    if remote.is_url(configured):
+        return remote.use_remote_cache(configured)
+    if manifest.cache_dir:
+        path = Path(manifest.cache_dir).expanduser()
+        return path if path.is_absolute() else (manifest.path.parent / path).resolve()
+    env = os.environ.get("GRIST_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "grist" / "downloads"
+
+
+def instantiate(dag: Dag) -> dict[str, Stage]:
+    from stages import get_source_class, get_stage_class
+
+    out = {}
+    for name, node in dag.nodes.items():
+        cls = get_source_class(node.impl) if node.kind == "source" else get_stage_class(node.impl)
+        out[name] = cls(node.config, name)
+    return out
+
+
+def fingerprint(stage: Stage, node_kind: str, inputs: list[str], resolved: dict | None) -> str:
+    params = stage.params.model_dump(mode="json")
+    if node_kind == "source":
+        params = {k: v for k, v in params.items() if k not in NON_DATA_SOURCE_FIELDS}
+    doc = {
+        "impl": type(stage).name,
+        "code": code_fingerprint(type(stage)),
+        "params": params,
+        "inputs": inputs,
+        "resolved": (resolved or {}).get("identity", resolved),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def run_manifest(manifest, out_dir: Path | str, executor: Executor, console, *, progress: bool = True) -> RunResult:
+    """Run ``manifest`` into ``out_dir``: a local folder, or an fsspec URL (``s3://bucket/prefix``),
+    in which case a local working copy is synchronized with the store (pipeline/io/remote.py):
+    pulled before the run, each node pushed when it completes, everything pushed at the end or
+    when the run stops, so a re-run anywhere resumes from the store."""
+    # 0. Licenses first: a conflict refuses the run before any source is resolved or downloaded.
+    from pipeline.audit.licenses import check
+
+    console.log(f"license: output {check(manifest).output_license}")
+    if not remote.is_url(out_dir):
+        return _run(manifest, Path(out_dir), executor, console, progress=progress)
+    store = remote.RemoteDir(str(out_dir))
+    console.log(f"output {redact_url(store.url)}: working copy {store.local}; pulled {store.pull()} changed file(s)")
+    try:
+        result = _run(manifest, store.local, executor, console, progress=progress, after_node=lambda name: store.push(f"stages/{name}"), store=store)
+    except BaseException:
+        # Keep what finished (partial nodes have no _COMPLETE): a re-run elsewhere reuses it.
+        # A failing upload here must not hide the error that stopped the run.
+        try:
+            store.push()
+        except remote.RemoteError as exc:
+            console.log(f"could not push the partial run to {redact_url(store.url)}: {exc}")
+        raise
+    console.log(f"pushed {store.push()} changed file(s) to {redact_url(store.url)}")
+    result.location = store.url
+    return result
+
+
+def _run(manifest, out_dir: Path, executor: Executor, console, *, progress: bool = True, after_node=None, store=None) -> RunResult:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rctx = RunContext(out_dir=out_dir, cache_dir=default_cache_dir(manifest), console=console, manifest=manifest, progress=progress)
+    if store is None:
+        return _walk(manifest, rctx, executor, console, after_node=after_node)
+    # workers that do not see this machine's files (a cluster without a shared volume) use the stores
+    cache = remote.cache_mirror_for(rctx.cache_dir)
+    executor.attach_stores(store, cache[0] if cache else None)
+    try:
+        return _walk(manifest, rctx, executor, console, after_node=after_node)
+    finally:
+        executor.detach_stores()
+
+
+def _walk(manifest, rctx: RunContext, executor: Executor, console, *, after_node=None) -> RunResult:
+    out_dir = rctx.out_dir
+    stages_dir = out_dir / "stages"
+    dag = build_dag(manifest)
+    impls = instantiate(dag)
+    result = RunResult(out_dir=out_dir)
+
+    # 1. Pin every source before any download: a bad date or mirror fails fast.
+    resolved: dict[str, dict] = {}
+    for name in dag.order:
+        if dag.nodes[name].kind == "source":
+            console.log(f"\\[{name}] resolving {dag.nodes[name].impl} source")
+            resolved[name] = impls[name].resolve(rctx)
+
+    # 2. Walk the DAG.
+    fingerprints: dict[str, str] = {}
+    outputs: dict[str, NodeOutput] = {}
+    node_records: dict[str, dict] = {}
+    for name in dag.order:
+        node = dag.nodes[name]
+        stage = impls[name]
+        fp = fingerprint(stage, node.kind, [fingerprints[i] for i in node.inputs], resolved.get(name))
+        fingerprints[name] = fp
+        node_dir = stages_dir / name
+        complete = node_dir / "_COMPLETE"
+        started = time.time()
+        if complete.exists() and storage.read_json(complete).get("fingerprint") == fp:
+            stats = storage.read_json(node_dir / "stats.json")
+            record = storage.read_json(node_dir / "_record.json") if (node_dir / "_record.json").exists() else {}
+            console.log(f"\\[{name}] up to date (fingerprint {fp[:12]}), skipped")
+            result.nodes_skipped.append(name)
+            record["skipped"] = True
+        else:
+            _prepare_dir(node_dir, fp)
+            ctx = NodeContext(
+                name=name, dir=node_dir, inputs=[outputs[i] for i in node.inputs], executor=executor, run=rctx, resolved=resolved.get(name)
+            )
+            console.log(f"\\[{name}] running {node.impl} (fingerprint {fp[:12]})")
+            try:
+                extra = stage.run(ctx) or {}
+            except PipelineError:
+                raise
+            except Exception as exc:  # a bug or an unexpected input: name the node, keep the cause
+                raise StageError(f"{type(exc).__name__}: {exc}", where=f"node {name!r} ({node.impl})", hint="run with --debug for the traceback; the node is not marked complete and will re-run") from exc
+            stats = _node_stats(node_dir, extra)
+            check_accounting(stats, f"node {name!r}")
+            record = {
+                "impl": node.impl,
+                "kind": node.kind,
+                "inputs": node.inputs,
+                "params": stage.params.model_dump(mode="json"),
+                "fingerprint": fp,
+                "documents_in": stats.get("in"),
+                "documents_out": stats.get("out"),
+                "documents_removed": stats.get("removed"),
+                "duration_s": round(time.time() - started, 3),
+                "provenance": ctx.provenance,
+            }
+            storage.atomic_write_json(node_dir / "stats.json", stats)
+            storage.atomic_write_json(node_dir / "_record.json", record)
+            storage.atomic_write_json(complete, {"fingerprint": fp})
+            result.nodes_run.append(name)
+            record["skipped"] = False
+            console.log(f"\\[{name}] done: {stats.get('in', '?')} in, {stats.get('out', '?')} out, {stats.get('removed', 0)} removed")
+        for sub, target in type(stage).publishes.items():
+            publish_dir(node_dir / sub, out_dir / target, fp)
+        if after_node is not None and name in result.nodes_run:
+            after_node(name)
+        outputs[name] = NodeOutput(name=name, dir=node_dir, fingerprint=fp, stats=stats)
+        result.stats[name] = stats
+        node_records[name] = record
+
+    # 3. The output node becomes <out>/data; then the lock and provenance.
+    out_node = outputs[dag.output]
+    export = export_dataset(
+        out_node.parts,
+        out_dir / "data",
+        out_node.fingerprint,
+        info={"description": manifest.description, "license": " AND ".join(sorted({s.license for s in manifest.sources}))},
+    )
+    result.export = {k: v for k, v in export.items()}
+    write_lock(out_dir / "manifest.lock.yaml", manifest, resolved)
+    write_provenance(out_dir / "provenance.json", manifest, resolved, node_records, result.export)
+    console.log(f"wrote {export['rows']:,} documents to {out_dir / 'data'}")
+    # 4. What a reader needs: licenses.json, README.md + cards/, ATTRIBUTION.md, croissant.json, report.
+    from pipeline.audit.cards import write_run_docs
+
+    write_run_docs(out_dir, manifest, console)
+    return result
+
+
+def _prepare_dir(node_dir: Path, fp: str) -> None:
+    """Keep finished tasks of an interrupted run with the same fingerprint; start over otherwise."""
+    marker = node_dir / "_FINGERPRINT"
+    if node_dir.exists() and (not marker.exists() or marker.read_text().strip() != fp):
+        storage.remove_tree(node_dir)
+    (node_dir / "_COMPLETE").unlink(missing_ok=True)
+    node_dir.mkdir(parents=True, exist_ok=True)
+    if not marker.exists():
+        storage.atomic_write_text(marker, fp + "\n")
+
+
+def _node_stats(node_dir: Path, extra: dict) -> dict:
+    task_files = sorted((node_dir / "_tasks").glob("part-*.json"))
+    stats = merge_stats([storage.read_json(p) for p in task_files])
+    stats["partitions"] = len(task_files)
+    stats.update(extra)
+    return stats
