@@ -7,9 +7,15 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.core
 from rich.console import Console
 
+from pipeline.common.display import print_table
 from pipeline.common.errors import PipelineError
+
+# Typer's rich help shows a value placeholder (<bool>) beside flags, which take no value.
+_display_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _display_type(self, ctx)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate pretraining data: manifests in, audited Arrow shards out.")
 console = Console(stderr=True, log_path=False)
@@ -37,7 +43,7 @@ def _escape(text: str) -> str:
 @app.command()
 def validate(
     manifest: Path = typer.Argument(..., help="Manifest YAML file."),
-    set_: List[str] = typer.Option([], "--set", help="Override a field: dotted.path=value (repeatable)."),
+    set_: List[str] = typer.Option([], "--set", metavar="PATH=VALUE", help="Override a field: dotted.path=value (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Also print the license assessment as JSON on stdout."),
 ) -> None:
     """Check a manifest (schema, stage parameters, DAG, licenses) without running anything."""
@@ -84,7 +90,7 @@ def _print_license(lic) -> None:
 def run(
     manifest: Path = typer.Argument(..., help="Manifest YAML file."),
     out: Optional[str] = typer.Option(None, "--out", help="Output directory or fsspec URL such as s3://bucket/prefix (default out/<manifest name>)."),
-    set_: List[str] = typer.Option([], "--set", help="Override a field: dotted.path=value, e.g. sources.zhwiki.max_pages=100 (repeatable)."),
+    set_: List[str] = typer.Option([], "--set", metavar="PATH=VALUE", help="Override a field: dotted.path=value, e.g. sources.zhwiki.max_pages=100 (repeatable)."),
     executor: str = typer.Option("local", "--executor", help="Where tasks run: local (process pool) or dask (a distributed cluster)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Parallel workers (default: all cores); with --executor dask and no --scheduler, the local cluster's worker processes."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="--executor dask: address of a running Dask scheduler, e.g. tcp://HOST:8786 (default: start a local cluster)."),
@@ -141,13 +147,13 @@ def inspect(
     for row in funnel:
         if node is None or row["node"] == node:
             table.add_row(row["node"], *(f"{row[c]:,}" if isinstance(row[c], int) else "-" for c in ("in", "out", "removed")))
-    out_console.print(table)
+    print_table(out_console, table)
     table = Table(title="removed by reason")
     for col in ("node", "reason", "documents"):
         table.add_column(col, justify="right" if col == "documents" else "left")
     for row in counts.iter_rows(named=True):
         table.add_row(row["node"], _escape(row["reason"]), f"{row['documents']:,}")
-    out_console.print(table)
+    print_table(out_console, table)
     if picked is not None:
         for row in picked.iter_rows(named=True):
             out_console.rule(_escape(f"{row['id']}  {row['title'] or ''}  [{row['node']}] {row['reason']}"))
@@ -162,10 +168,10 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<name of the shards' run>)."),
     config: Optional[Path] = typer.Option(None, "--config", help="A manifest whose train: section gives defaults (over the shards' manifest.lock.yaml); flags win."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Model preset: tiny (default), 25m, 124m."),
-    model_set: List[str] = typer.Option([], "--model", help="Override a model field: KEY=VALUE, e.g. n_layers=4 (repeatable)."),
+    model_set: List[str] = typer.Option([], "--model", metavar="KEY=VALUE", help="Override a model field: KEY=VALUE, e.g. n_layers=4 (repeatable)."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Context length (default: the shards' seq_len)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (with none of --max-steps/--max-tokens/--max-time, training runs until Ctrl-C, which checkpoints)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Stop after training on this many tokens (all processes together)."),
     max_time: Optional[float] = typer.Option(None, "--max-time", help="Seconds; alone, the LR horizon is estimated from the measured step time."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Micro-batch in sequences, per process (default 16)."),
     batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Tokens per optimizer step over all processes (gradient accumulation)."),
@@ -176,12 +182,12 @@ def train(
     eval_tokens: Optional[int] = typer.Option(None, "--eval-tokens", help="Validation tokens per evaluation (default 65536)."),
     ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="Default 500."),
     device: Optional[str] = typer.Option(None, "--device", help="auto (cuda, then mps, then cpu; default), cpu, cuda, mps."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seeds the initial weights, the data order and the samples (default 0): same seed, same run."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoint with the same data order."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model (default: on for CUDA, off elsewhere)."),
     tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard", help="Write RUN_DIR/tensorboard (default: when tensorboard is installed)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Sample generations at each evaluation from validation prompts (default 2; 0: none)."),
-    sample_prompts: List[str] = typer.Option([], "--sample-prompt", help="A prompt to continue at each evaluation instead (repeatable)."),
+    sample_prompts: List[str] = typer.Option([], "--sample-prompt", metavar="TEXT", help="A prompt to continue at each evaluation instead (repeatable)."),
     sample_tokens: Optional[int] = typer.Option(None, "--sample-tokens", help="New tokens per sample (default 32)."),
     export: bool = typer.Option(True, "--export/--no-export", help="Write a Hugging Face export with a model card to RUN_DIR/hf at the end."),
     finetune: Optional[str] = typer.Option(None, "--finetune", help="classification or sft: fine-tune --init-from on the finetune/ examples of --shards instead of pretraining."),
@@ -190,6 +196,15 @@ def train(
     ctx: typer.Context = None,  # injected by typer: tells which options were typed (fine-tuning keeps its own defaults)
 ) -> None:
     """Pretrain a decoder-only transformer on token shards (CPU works; fast on a GPU), or fine-tune one (--finetune)."""
+    from pipeline.train.data import find_run  # numpy and pyarrow only: no torch needed yet
+
+    try:
+        shards, note = find_run(shards, "finetune" if finetune or init_from else "tokens")
+    except PipelineError as exc:
+        _fail(exc)
+    if note:
+        console.print(_escape(note), highlight=False)
+        ctx.params["shards"] = shards
     if finetune or init_from:
         # fine-tuning: --finetune TASK (or the finetune: section's task) with --init-from (or its init_from)
         from pipeline.train.cli_finetune import finetune_command
@@ -223,22 +238,34 @@ def train(
             console.print(f"config: {_escape(' < '.join(read))}", highlight=False)
         with _train_progress(cfg, main_rank) as (on_step, on_log):
             result = run_training(cfg, on_step=on_step, on_log=on_log)
-        if export and main_rank:
+        signaled = result.get("stopped") in ("SIGINT", "SIGTERM")
+        if export and main_rank and not signaled:
             export_hf(run_dir / "checkpoint", run_dir / "hf")
     except PipelineError as exc:
         _fail(exc)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: a checkpoint was written; add --resume to continue")
+        console.print("[yellow]interrupted[/]: stopped before a checkpoint could be written; the last checkpoint is kept (add --resume to continue from it)")
         raise typer.Exit(130)
+    if signaled:
+        if main_rank:
+            console.print(f"[yellow]interrupted[/] ({result['stopped']}) at step {result.get('step')}: a checkpoint was written to {_escape(str(run_dir / 'checkpoint'))}; add --resume to continue")
+        raise typer.Exit(130 if result["stopped"] == "SIGINT" else 143)
     if main_rank:
         summary = {k: result.get(k) for k in ("step", "stopped", "val_loss", "val_ppl", "tokens_per_s", "mfu") if k in result}
         console.print(f"[green]done[/] {_escape(str(run_dir))}: {_escape(str(summary))}")
 
 
+# Without a terminal (a log file, CI, nohup) there is no progress bar: a line per step for the
+# first steps, then one every LOG_EVERY_S seconds.
+LOG_FIRST_STEPS = 3
+LOG_EVERY_S = 30.0
+
+
 def _train_progress(cfg, show: bool):
-    """(on_step, on_log) callbacks: a progress bar with loss, tokens/s and MFU (CUDA), and a line
-    per evaluation and per sample."""
+    """(on_step, on_log) callbacks: a progress bar with loss, tokens/s and MFU (CUDA) on a
+    terminal, step lines elsewhere, and a line per evaluation and per sample."""
     import contextlib
+    import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -247,19 +274,28 @@ def _train_progress(cfg, show: bool):
         if not show:
             yield None, None
             return
-        bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, disable=not console.is_terminal)
+        live = console.is_terminal
+        bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, disable=not live)
         task = bar.add_task("", total=cfg.max_steps)
+        last_line = [time.monotonic()]
 
         def on_step(rec: dict) -> None:
             mfu = f" | mfu {100 * rec['mfu']:.1f}%" if "mfu" in rec else ""
-            bar.update(task, completed=rec["step"], description=f"loss {rec['loss']:.4f} | lr {rec['lr']:.2e} | {rec['tokens_per_s']:,.0f} tok/s{mfu}")
+            desc = f"loss {rec['loss']:.4f} | lr {rec['lr']:.2e} | {rec['tokens_per_s']:,.0f} tok/s{mfu}"
+            bar.update(task, completed=rec["step"], description=desc)
+            now = time.monotonic()
+            if not live and (rec["step"] <= LOG_FIRST_STEPS or now - last_line[0] >= LOG_EVERY_S or rec["step"] == cfg.max_steps):
+                total = f"/{cfg.max_steps}" if cfg.max_steps else ""
+                console.print(f"step {rec['step']}{total}: {desc}", highlight=False)
+                last_line[0] = now
 
         def on_log(rec: dict) -> None:
             if rec.get("type") == "eval":
                 bar.console.print(f"step {rec['step']}: val_loss {rec['val_loss']:.4f} (ppl {rec['val_ppl']:.2f})", highlight=False)
             elif rec.get("type") == "sample":
-                prompt, text = (_escape(t.replace("\n", "\\n")) for t in (rec["prompt"], rec["text"]))  # one line per sample
-                bar.console.print(f"  sample {rec['index']}: [bold]{prompt}[/]{text}", highlight=False)
+                # the sample as it reads: its own line breaks, indented under the header
+                text = f"[bold]{_escape(rec['prompt'])}[/]{_escape(rec['text'])}".replace("\n", "\n    ")
+                bar.console.print(f"  sample {rec['index']}: {text}", highlight=False)
             elif rec.get("type") == "horizon":
                 bar.console.print(f"max_time: the schedule ends at step {rec['horizon']} ({rec['seconds_per_step']:.3f} s/step)", highlight=False)
 
@@ -273,10 +309,10 @@ def _train_progress(cfg, show: bool):
 def generate(
     run_dir: Path = typer.Argument(..., help="A training run dir (pipeline train --out), its checkpoint/, or a Hugging Face export (RUN/hf)."),
     prompt: str = typer.Argument(..., help="Text to continue (placed at the start of a new document)."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="How many tokens to add to the prompt (fewer if the model ends the document)."),
     temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="0: greedy."),
     top_k: Optional[int] = typer.Option(50, "--top-k", min=1, help="Sample among the k most likely tokens."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seeds the sampling: same seed, same continuation."),
     device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, mps."),
 ) -> None:
     """Continue a prompt with a trained model; prints the prompt and its continuation."""
@@ -296,7 +332,7 @@ def generate(
 @app.command()
 def report(
     out: Path = typer.Argument(..., help="Output directory of a finished run."),
-    train_runs: List[Path] = typer.Option([], "--train", help="A training run directory to add (metrics.json / metrics.jsonl); repeatable."),
+    train_runs: List[Path] = typer.Option([], "--train", metavar="RUN_DIR", help="A training run directory to add (metrics.json / metrics.jsonl); repeatable."),
     samples: int = typer.Option(5, "--samples", min=0, help="Removed documents shown per reason (and kept ones per node)."),
 ) -> None:
     """Regenerate the cards and the static HTML report (<out>/report/index.html) without re-running stages."""

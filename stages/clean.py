@@ -17,7 +17,7 @@ from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.core.stage import MapStage, removed_rows
 
@@ -89,6 +89,16 @@ class Params(BaseModel):
     pii: bool = False
     pii_types: list[Literal["email", "phone", "ip", "cn_id"]] = Field(default_factory=lambda: ["email", "phone", "ip", "cn_id"])
     min_chars: int = Field(1, ge=0)
+
+    @field_validator("opencc")
+    @classmethod
+    def _known_opencc_config(cls, value: str | None) -> str | None:
+        import opencc
+
+        known = sorted(c.removesuffix(".json") for c in getattr(opencc, "CONFIGS", []))
+        if value is not None and known and value.removesuffix(".json") not in known:
+            raise ValueError(f"unknown OpenCC config {value!r}; known: {', '.join(known)}")
+        return value
 
 
 class Clean(MapStage):

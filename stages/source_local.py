@@ -15,6 +15,8 @@ A record without them goes to the ledger (``parse:missing-label`` ...), never si
 from __future__ import annotations
 
 import glob
+import os
+import stat
 from pathlib import Path
 from typing import Literal
 
@@ -92,15 +94,18 @@ class LocalSource(SourceStage):
                     raise SourceError(f"no file matches {redact_url(pattern)!r}", where=f"sources.{self.params.name}.paths", hint="check the bucket, prefix and credentials")
                 files.extend(remote.fetch_input(url, rctx.cache_dir)[0] for url in matches)
                 continue
-            full = pattern if Path(pattern).is_absolute() else str(base / pattern)
-            matched = sorted(Path(p) for p in glob.glob(full, recursive=True) if Path(p).is_file())
+            full = os.path.expanduser(pattern) if Path(os.path.expanduser(pattern)).is_absolute() else str(base / pattern)
+            matched = sorted(Path(os.path.abspath(p)) for p in glob.glob(full, recursive=True) if not Path(p).is_dir())
             if not matched:
                 raise SourceError(f"no file matches {pattern!r}", where=f"sources.{self.params.name}.paths", hint=f"paths are relative to {base}")
+            for path in matched:
+                _check_readable(path, f"sources.{self.params.name}.paths: {pattern}")
             files.extend(matched)
         return files
 
     def resolve(self, rctx: RunContext) -> dict:
         files = self._files(rctx)
+        _log_files(rctx, self.params.name, files)
         identity = [{"name": f.name, "size": f.stat().st_size, "sha256": storage.file_digests(f)["sha256"]} for f in files]
         return {"identity": {"files": identity}, "paths": [str(f) for f in files]}
 
@@ -108,6 +113,40 @@ class LocalSource(SourceStage):
         paths = [Path(p) for p in ctx.resolved["paths"]]
         read_files(self, ctx, paths)
         return {"files": len(paths)}
+
+
+# Kernel pseudo-filesystems: their "files" are not data (and /dev holds devices).
+SYSTEM_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def _check_readable(path: Path, where: str) -> None:
+    """Paths are the user's own and may point anywhere, but only at regular files: not devices,
+    pipes or sockets (a read could block or never end), not /proc, /sys or /dev."""
+    real = Path(os.path.realpath(path))
+    system = next((root for root in SYSTEM_ROOTS if real == root or root in real.parents), None)
+    if system is not None:
+        raise SourceError(f"{path} is under {system}, a kernel pseudo-filesystem, not a data file", where=where, hint="list the data files to read (JSONL, Parquet, text, dumps)")
+    try:
+        mode = os.stat(real).st_mode
+    except OSError as exc:
+        raise SourceError(f"cannot read {path}: {exc.strerror or exc}", where=where, hint="check that the file exists and that you may read it") from None
+    if not stat.S_ISREG(mode):
+        kind = "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+        raise SourceError(f"{path} is {kind}, not a regular file", where=where, hint="list regular data files only")
+    if not os.access(real, os.R_OK):
+        raise SourceError(f"cannot read {path}: permission denied", where=where, hint="check the file's permissions")
+
+
+def _log_files(rctx: RunContext, source: str, files: list[Path]) -> None:
+    """Say which files a run reads, as absolute paths, and which lie outside the manifest's folder
+    (allowed: they are the user's own; provenance.json lists every one)."""
+    base = Path(rctx.manifest.path).parent.resolve() if rctx.manifest is not None else Path.cwd().resolve()
+    shown = [str(Path(os.path.realpath(f))) for f in files]
+    more = f" … and {len(shown) - 5} more (all in provenance.json)" if len(shown) > 5 else ""
+    rctx.console.log(f"\\[{source}] reading {len(files)} file(s): {', '.join(shown[:5])}{more}", highlight=False)
+    outside = [s for s in shown if Path(s) != base and base not in Path(s).parents and not s.startswith(str(rctx.cache_dir))]
+    if outside:
+        rctx.console.log(f"\\[{source}] {len(outside)} of them outside the manifest's folder {base}: {', '.join(outside[:3])}{' …' if len(outside) > 3 else ''}", highlight=False)
 
 
 def read_files(stage: SourceStage, ctx: NodeContext, paths: list[Path]) -> None:
@@ -124,7 +163,7 @@ def read_files(stage: SourceStage, ctx: NodeContext, paths: list[Path]) -> None:
         pieces.extend((file_no, path, fmt, span) for span in _spans(path, fmt, cfg))
     firsts = _first_records(ctx, pieces)
     tasks = []
-    for i, ((_, path, fmt, span), first) in enumerate(zip(pieces, firsts)):
+    for i, ((_, path, fmt, span), (first, first_line)) in enumerate(zip(pieces, firsts)):
         out, removed = str(ctx.part_path(i)), str(ctx.removed_path(i))
         if fmt == "mediawiki-xml":
             from pipeline.io.formats import mediawiki_xml as mx
@@ -132,11 +171,11 @@ def read_files(stage: SourceStage, ctx: NodeContext, paths: list[Path]) -> None:
             header = mx.read_header(path, None)
             wiki = cfg.wiki or header.get("dbname") or cfg.name
             base = header.get("article_base") or mx.wiki_article_base(wiki)
-            tasks.append((parse_dump_task, (str(path), 0, None, wiki, cfg.name, cfg.license, base, None, stage.node, out, removed)))
+            tasks.append((parse_dump_task, (str(path), 0, None, wiki, cfg.name, cfg.license, base, None, stage.node, out, removed, True)))
         else:
             fields = {"text": cfg.text_field, "id": cfg.id_field, "title": cfg.title_field, "url": cfg.url_field}
             labels = {"task": cfg.task, "label": cfg.label_field, "label_value": cfg.label_value, "instruction": cfg.instruction_field, "response": cfg.response_field}
-            piece = {"span": list(span), "first": first} if span else None
+            piece = {"span": list(span), "first": first, "first_line": first_line} if span else None
             tasks.append((read_records_task, (str(path), fmt, cfg.txt_mode, fields, cfg.name, cfg.license, stage.node, out, removed, labels, piece)))
     ctx.run_tasks(_dispatch, tasks, desc="read files")
 
@@ -149,27 +188,28 @@ def _spans(path: Path, fmt: str, cfg) -> list[tuple[int, int] | None]:
     return [None] if len(spans) == 1 else list(spans)
 
 
-def _first_records(ctx: NodeContext, pieces: list[tuple[int, Path, str, tuple[int, int] | None]]) -> list[int]:
-    """For each piece, how many records of its file come before it (ids are ``file:n``): a
-    counting phase over every piece but the last of each file, in parallel."""
+def _first_records(ctx: NodeContext, pieces: list[tuple[int, Path, str, tuple[int, int] | None]]) -> list[tuple[int, int]]:
+    """For each piece, how many records of its file come before it (ids are ``file:n``) and the
+    number of its first line (for the ledger): a counting phase over every piece but the last of
+    each file, in parallel."""
     last = {file_no: i for i, (file_no, *_) in enumerate(pieces)}
     todo = [(i, path, fmt, span) for i, (file_no, path, fmt, span) in enumerate(pieces) if span is not None and last[file_no] != i]
-    counts: dict[int, int] = {}
+    counts: dict[int, dict] = {}
     if todo:
         results = ctx.run_tasks(count_records_task, [(str(path), fmt, span[0], span[1]) for _, path, fmt, span in todo], desc="count records", phase="count")
-        counts = {i: r["records"] for (i, *_), r in zip(todo, results)}
+        counts = {i: r for (i, *_), r in zip(todo, results)}
     firsts, seen = [], {}
     for i, (file_no, _, _, span) in enumerate(pieces):
-        firsts.append(seen.get(file_no, 0) if span is not None else 0)
-        seen[file_no] = seen.get(file_no, 0) + counts.get(i, 0)
+        records, lines = seen.get(file_no, (0, 0))
+        firsts.append((records, lines + 1) if span is not None else (0, 1))
+        done = counts.get(i, {})
+        seen[file_no] = (records + done.get("records", 0), lines + done.get("lines", 0))
     return firsts
 
 
 def count_records_task(path: str, fmt: str, start: int, end: int) -> dict:
-    try:
-        return {"records": rec_fmt.count_records(Path(path), fmt, start, end)}
-    except UnicodeDecodeError as exc:
-        raise StageError(f"file is not UTF-8 text ({exc})", where=path, hint="convert it to UTF-8") from None
+    records, lines = rec_fmt.count_records(Path(path), fmt, start, end)
+    return {"records": records, "lines": lines}
 
 
 def _dispatch(fn, args) -> dict:
@@ -182,18 +222,19 @@ def read_records_task(path: str, fmt: str, txt_mode: str, fields: dict, source: 
     p = Path(path)
     span = tuple(piece["span"]) if piece else None
     first = piece["first"] if piece else 0
+    first_line = piece.get("first_line", 1) if piece else 1
     labels = labels or {"task": "pretrain"}
     task = labels["task"]
     schema = DOC_SCHEMA
     for name in TASK_COLUMNS[task]:
         schema = schema.append(pa.field(name, pa.string()))
     cols: dict[str, list] = {n: [] for n in schema.names}
-    errors: list[tuple[str, str, str]] = []
+    errors: list[tuple[str, str, str, dict]] = []  # id, reason, text, where in the file
     try:
-        for n, (status, rec) in enumerate(rec_fmt.iter_records(p, fmt, txt_mode, span), start=first):
+        for n, (status, rec, where) in enumerate(rec_fmt.iter_records(p, fmt, txt_mode, span, first_line), start=first):
             default_id = f"{source}/{p.name}" if (fmt == "txt" and txt_mode == "file") else f"{source}/{p.name}:{n}"
             if status == "error":
-                errors.append((default_id, rec, ""))
+                errors.append((default_id, rec, "", where))
                 continue
             doc_id = rec.get(fields["id"]) if fields.get("id") else None
             doc_id = f"{source}/{doc_id}" if doc_id is not None else default_id
@@ -201,7 +242,7 @@ def read_records_task(path: str, fmt: str, txt_mode: str, fields: dict, source: 
                 instruction, response = rec.get(labels["instruction"]), rec.get(labels["response"])
                 bad = "parse:missing-instruction" if not isinstance(instruction, str) else "parse:missing-response" if not isinstance(response, str) else None
                 if bad:
-                    errors.append((doc_id, bad, str(rec)[:2000]))
+                    errors.append((doc_id, bad, str(rec)[:2000], where))
                     continue
                 text = instruction + "\n" + response  # the text later stages clean, filter and deduplicate
                 cols["instruction"].append(instruction)
@@ -209,12 +250,12 @@ def read_records_task(path: str, fmt: str, txt_mode: str, fields: dict, source: 
             else:
                 text = rec.get(fields["text"])
                 if not isinstance(text, str):
-                    errors.append((default_id, "parse:missing-text-field", str(rec)[:2000]))
+                    errors.append((default_id, "parse:missing-text-field", str(rec)[:2000], where))
                     continue
                 if task == "classification":
                     label = labels["label_value"] if labels.get("label_value") is not None else _label(rec.get(labels["label"]))
                     if label is None:
-                        errors.append((doc_id, "parse:missing-label", str(rec)[:2000]))
+                        errors.append((doc_id, "parse:missing-label", str(rec)[:2000], where))
                         continue
                     cols["label"].append(label)
             cols["id"].append(doc_id)
@@ -225,8 +266,6 @@ def read_records_task(path: str, fmt: str, txt_mode: str, fields: dict, source: 
             cols["timestamp"].append(None)
             cols["revision_id"].append(None)
             cols["text"].append(text)
-    except UnicodeDecodeError as exc:
-        raise StageError(f"file is not UTF-8 text ({exc})", where=path, hint="convert it to UTF-8") from None
     except FileNotFoundError:
         if task_sync.in_mirrored_task():
             raise  # a worker without the runner's files: run_mirrored says what to do
@@ -235,7 +274,7 @@ def read_records_task(path: str, fmt: str, txt_mode: str, fields: dict, source: 
         raise StageError(f"cannot read file ({type(exc).__name__}: {exc})", where=path, hint="check that the file is complete and of the declared format") from None
     table = pa.table(cols, schema=schema)
     err = pa.table({"id": [e[0] for e in errors], "source": [source] * len(errors), "title": [None] * len(errors), "text": [e[2] for e in errors]})
-    removed = removed_rows(err, node, [e[1] for e in errors], [{"file": p.name} for _ in errors])
+    removed = removed_rows(err, node, [e[1] for e in errors], [{"file": p.name, **e[3]} for e in errors])
     storage.write_parquet(table, Path(out_path))
     storage.write_parquet(removed, Path(removed_path))
     reasons: dict[str, int] = {}

@@ -11,7 +11,9 @@ streams per partition. The output is one row per page with its raw wikitext; the
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +29,7 @@ from pipeline.io.formats import mediawiki_xml as mx
 from pipeline.io.urls import redact_url
 
 DEFAULT_MIRROR = "https://dumps.wikimedia.org"
+RESOLVED_FILE = "resolved.json"  # what resolve() pinned for a date, kept beside its downloads
 JOB = "articlesmultistreamdump"
 
 # Raw pages: the document columns (``text`` holds wikitext) plus what extraction needs.
@@ -57,6 +60,12 @@ class WikimediaDumpConfig(SourceConfig):
         return value.rstrip("/")
 
 
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def _lists_combined(job: dict, wiki: str, date: str) -> bool:
     return f"{wiki}-{date}-pages-articles-multistream.xml.bz2" in (job.get("files") or {})
 
@@ -78,6 +87,42 @@ class WikimediaDumpSource(SourceStage):
 
     # ---- resolve: metadata only -------------------------------------------------------
     def resolve(self, rctx: RunContext) -> dict:
+        """Pin the dump (date, files, checksums) from the mirror's metadata; when the mirror cannot
+        be reached, from what an earlier run pinned for the same explicit date (the downloads it
+        cached then serve the run offline)."""
+        try:
+            pinned = self._resolve_online()
+        except http.HostUnreachable as exc:
+            return self._resolve_offline(rctx, exc)
+        remembered = self._cache_dir(rctx, pinned["identity"]["date"]) / RESOLVED_FILE
+        storage.atomic_write_json(remembered, {"identity": {k: v for k, v in pinned["identity"].items() if k != "max_pages"}, "pinned_at": _now()})
+        return pinned
+
+    def _cache_dir(self, rctx: RunContext, date: str) -> Path:
+        return rctx.cache_dir / "wikimedia" / self.params.wiki / date
+
+    def _resolve_offline(self, rctx: RunContext, exc: http.HostUnreachable) -> dict:
+        cfg: WikimediaDumpConfig = self.params
+        cached = sorted(p.parent.name for p in (rctx.cache_dir / "wikimedia" / cfg.wiki).glob(f"*/{RESOLVED_FILE}"))
+        if cfg.date != "latest" and cfg.date in cached:
+            record = storage.read_json(self._cache_dir(rctx, cfg.date) / RESOLVED_FILE)
+            ident = {**record["identity"], "max_pages": cfg.max_pages}
+            rctx.console.log(f"\\[{self.node}] {exc.what}: using dump {cfg.wiki} {cfg.date} as an earlier run pinned it ({record.get('pinned_at')}); its downloads must be in the cache")
+            base = f"{cfg.mirror}/{cfg.wiki}/{cfg.date}"
+            return {
+                "identity": ident,
+                "urls": {"xml": f"{base}/{ident['xml']['name']}", "index": f"{base}/{ident['index']['name']}", "dumpstatus": f"{base}/dumpstatus.json"},
+                "mirror": redact_url(cfg.mirror),
+                "offline": True,
+            }
+        if cfg.date == "latest" and cached:
+            hint = f"'date: latest' needs the mirror; dumps an earlier run cached here: {', '.join(cached)}: add --set sources.{cfg.name}.date={cached[-1]} to use the newest of them offline, or use a mirror you can reach (--set sources.{cfg.name}.mirror=URL)"
+        else:
+            what = f"dump {cfg.wiki} {cfg.date}" if cfg.date != "latest" else f"any {cfg.wiki} dump"
+            hint = f"this machine cannot reach the mirror and no earlier run cached {what} in {rctx.cache_dir}: use a mirror you can reach (--set sources.{cfg.name}.mirror=URL), or point GRIST_CACHE at a cache that holds the download"
+        raise SourceError(exc.what, where=exc.where, hint=hint)
+
+    def _resolve_online(self) -> dict:
         cfg: WikimediaDumpConfig = self.params
         base = f"{cfg.mirror}/{cfg.wiki}"
         if cfg.date == "latest":
@@ -89,6 +134,8 @@ class WikimediaDumpSource(SourceStage):
             status_url = f"{base}/{date}/dumpstatus.json"
             try:
                 status = http.get_json(status_url)
+            except http.HostUnreachable:
+                raise
             except SourceError as exc:
                 if cfg.date != "latest":
                     raise SourceError(
@@ -126,12 +173,16 @@ class WikimediaDumpSource(SourceStage):
         errors = []
         try:
             dates.update(re.findall(r'href="(?:\./)?(\d{8})/?"', http.get_text(base + "/")))
+        except http.HostUnreachable:
+            raise
         except SourceError as exc:
             errors.append(exc.what)
         if not dates:  # no directory listing: the latest/ RSS names the current date
             rss = f"{base}/latest/{self.params.wiki}-latest-pages-articles-multistream.xml.bz2-rss.xml"
             try:
                 dates.update(re.findall(r"/(\d{8})(?:/|<)", http.get_text(rss)))
+            except http.HostUnreachable:
+                raise
             except SourceError as exc:
                 errors.append(exc.what)
         if not dates:
@@ -159,6 +210,8 @@ class WikimediaDumpSource(SourceStage):
             url = f"{base}/{date}/{cfg.wiki}-{date}-{algo}sums.txt"
             try:
                 sums = parse_sums(http.get_text(url))
+            except http.HostUnreachable:
+                raise
             except SourceError:
                 sums = {}
             for name in published:
@@ -199,8 +252,8 @@ class WikimediaDumpSource(SourceStage):
         cache = ctx.run.cache_dir / "wikimedia" / cfg.wiki / ident["date"]
         records = []
         if cfg.max_pages:
-            entries, end = self._index_head(urls["index"], cfg.max_pages, ident["xml"]["size"])
-            xml_path, record = self._fetch_head(urls["xml"], cache / ident["xml"]["name"], end, ctx)
+            entries, end = self._cached_index_head(cache, urls["index"], cfg.max_pages, ident["xml"]["size"])
+            xml_path, record = self._fetch_head(urls["xml"], cache / ident["xml"]["name"], end, entries, ctx)
             records.append(record)
             allowed = {e[1] for e in entries}
             file_size = end
@@ -246,6 +299,17 @@ class WikimediaDumpSource(SourceStage):
         ctx.run.console.log(f"\\[{self.node}] {dest.name}: {record.bytes:,} bytes, verified {', '.join(record.verified) or 'nothing (no published checksum)'}{' (cached)' if record.from_cache else ''}")
         return record
 
+    def _cached_index_head(self, cache: Path, index_url: str, max_pages: int, xml_size: int | None) -> tuple[list[tuple[int, int, str]], int]:
+        """``_index_head``, remembered per dump and page count (a dump never changes once done), so
+        that a sample can be run again offline."""
+        path = cache / f"index-head-{max_pages}.json"
+        if path.is_file():
+            head = storage.read_json(path)
+            return [tuple(e) for e in head["entries"]], head["end"]
+        entries, end = self._index_head(index_url, max_pages, xml_size)
+        storage.atomic_write_json(path, {"entries": entries, "end": end})
+        return entries, end
+
     def _index_head(self, index_url: str, max_pages: int, xml_size: int | None) -> tuple[list[tuple[int, int, str]], int]:
         """The first ``max_pages`` index entries and the byte where their last stream ends,
         reading the compressed index in ranged chunks and stopping as soon as that is known."""
@@ -264,26 +328,70 @@ class WikimediaDumpSource(SourceStage):
             end = int(xml_size)
         return entries, end
 
-    def _fetch_head(self, url: str, dest: Path, end: int, ctx: NodeContext) -> tuple[Path, http.DownloadRecord]:
+    def _fetch_head(self, url: str, dest: Path, end: int, entries: list[tuple[int, int, str]], ctx: NodeContext) -> tuple[Path, http.DownloadRecord]:
+        """Bytes 0..end of the dump (the ``max_pages`` sample), cached. Whole-file checksums cannot
+        apply to a piece, so the piece is verified itself: every bz2 stream in it must decompress
+        (each carries a CRC) and hold every page the index lists for it. A cached piece is used
+        only if it passed that check and its sha256 still matches; a piece that fails is moved to
+        quarantine and fetched again (once more, then the run stops)."""
         path = dest.with_name(f"{dest.name}.bytes-0-{end}")
         meta_path = path.with_name(path.name + ".meta.json")
-        if path.exists() and path.stat().st_size == end and meta_path.exists():
+        if path.exists() and meta_path.exists():
             meta = storage.read_json(meta_path)
-            return path, http.DownloadRecord(**{**meta, "path": str(path), "from_cache": True})
-        data, headers = http.fetch_range(url, 0, end)
-        if len(data) != end:
-            raise SourceError(f"short read: asked for bytes 0-{end - 1}, got {len(data)} bytes", where=redact_url(url), hint="re-run to try again")
-        storage.atomic_write_bytes(path, data)
+            if "bz2-streams+index-pages" in (meta.get("verified") or []) and path.stat().st_size == end and storage.file_digests(path)["sha256"] == (meta.get("checksums") or {}).get("sha256"):
+                return path, http.DownloadRecord(**{**meta, "path": str(path), "from_cache": True})
+            self._quarantine_piece(path, meta_path, ctx, "its cached copy was never verified or has changed")
+        elif path.exists():
+            self._quarantine_piece(path, meta_path, ctx, "it has no record of verification")
+        for attempt in (1, 2):
+            data, headers = http.fetch_range(url, 0, end)
+            if len(data) != end:
+                raise SourceError(f"short read: asked for bytes 0-{end - 1}, got {len(data)} bytes", where=redact_url(url), hint="re-run to try again")
+            storage.atomic_write_bytes(path, data)
+            problem = _sample_problem(path, end, entries)
+            if problem is None:
+                break
+            q = self._quarantine_piece(path, meta_path, ctx, problem)
+            if attempt == 2:
+                raise SourceError(
+                    f"the max_pages sample (bytes 0-{end - 1}) is corrupt twice in a row: {problem}; moved to {q}",
+                    where=redact_url(url),
+                    hint="the mirror serves damaged bytes for this range: try again later or use another mirror (--set sources.NAME.mirror=...)",
+                )
         from datetime import datetime, timezone
 
         record = http.DownloadRecord(
-            url=url, path=str(path), bytes=len(data), checksums=storage.file_digests(path), verified=[],
+            url=url, path=str(path), bytes=len(data), checksums=storage.file_digests(path), verified=["bz2-streams+index-pages"],
             etag=headers.get("etag"), last_modified=headers.get("last_modified"),
             retrieved_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), byte_range=[0, end],
         )
         storage.atomic_write_json(meta_path, {k: v for k, v in record.to_json().items() if k not in ("path", "from_cache")})
-        ctx.run.console.log(f"\\[{self.node}] fetched bytes 0-{end - 1} of {dest.name} (max_pages sample; whole-file checksums cannot apply, each bz2 stream's CRC is checked)")
+        ctx.run.console.log(f"\\[{self.node}] fetched bytes 0-{end - 1} of {dest.name} (max_pages sample; verified: every bz2 stream decompresses and holds the {len(entries)} pages of the index)")
         return path, record
+
+    def _quarantine_piece(self, path: Path, meta_path: Path, ctx: NodeContext, why: str) -> Path:
+        qdir = ctx.run.cache_dir / "quarantine"
+        qdir.mkdir(parents=True, exist_ok=True)
+        target = qdir / f"{path.name}.{time.time_ns()}.bad"
+        os.replace(path, target)
+        meta_path.unlink(missing_ok=True)
+        ctx.run.console.log(f"\\[{self.node}] the cached sample {path.name} is not used ({why}): moved to {target}; fetching it again")
+        return target
+
+
+def _sample_problem(path: Path, end: int, entries: list[tuple[int, int, str]]) -> str | None:
+    """None if bytes 0..end decompress stream by stream and hold every page of ``entries``;
+    otherwise what is wrong."""
+    want = {page_id for _, page_id, _ in entries}
+    try:
+        for kind, rec in mx.iter_pages(mx.iter_text(mx.iter_bz2_range(path, 0, end))):
+            if kind == "page":
+                want.discard(rec["page_id"])
+    except mx.TruncatedInput as exc:
+        return exc.what
+    if want:
+        return f"{len(want)} of the {len(entries)} pages the index lists are not in it (e.g. page id {min(want)})"
+    return None
 
 
 class _byte_progress:
@@ -307,11 +415,24 @@ class _byte_progress:
             self.bar.stop()
 
 
+OWN_FILE_HINT = "this is your own input file (grist only reads it): restore a complete copy from where it came from, then run again"
+
+
 def parse_dump_task(
     xml_path: str, start: int, end: int | None, wiki: str, source: str, license: str, article_base: str,
-    allowed_ids: list[int] | None, node: str, out_path: str, removed_path: str,
+    allowed_ids: list[int] | None, node: str, out_path: str, removed_path: str, own_file: bool = False,
 ) -> dict:
-    """Parse the pages in bytes [start, end) of a dump file into a raw-page part and a ledger part."""
+    """Parse the pages in bytes [start, end) of a dump file into a raw-page part and a ledger part.
+    ``own_file``: a local source's file (damage is the user's to repair), not a verified download."""
+    try:
+        return _parse_dump(xml_path, start, end, wiki, source, license, article_base, allowed_ids, node, out_path, removed_path)
+    except mx.TruncatedInput as exc:
+        if not own_file:
+            raise
+        raise mx.TruncatedInput(exc.what, where=exc.where, hint=f"{exc.hint}: {OWN_FILE_HINT}") from None
+
+
+def _parse_dump(xml_path, start, end, wiki, source, license, article_base, allowed_ids, node, out_path, removed_path) -> dict:
     path = Path(xml_path)
     chunks = mx.iter_bz2_range(path, start, end) if path.name.endswith(".bz2") or ".bz2." in path.name else mx.iter_compressed(path)
     allowed = set(allowed_ids) if allowed_ids is not None else None

@@ -14,6 +14,7 @@ so a reader (or a resumed run) never sees half a file.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -23,6 +24,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline.common.errors import PipelineError
 
 PARQUET_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True)
 
@@ -34,11 +37,40 @@ def _tmp_path(path: Path) -> Path:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full(path, len(data)) from None
+        raise
     os.replace(tmp, path)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC, also as Arrow reports it (an OSError whose errno is unset, the code in the text)."""
+    return isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or "No space left on device" in str(exc))
+
+
+def disk_full(path: Path, needed: int | None = None, done: int | None = None) -> PipelineError:
+    """The error for ENOSPC: which file, how many bytes it needed, how much the disk has free."""
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = f"{shutil.disk_usage(folder).free:,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    need = f"; it needs {needed:,} bytes" if needed is not None else ""
+    wrote = f" after {done:,} bytes" if done is not None else ""
+    return PipelineError(
+        f"no space left on the device{wrote} ({free} on the disk holding {folder}){need}",
+        where=str(path),
+        hint="free space on that disk, or point the output (--out) or the download cache (GRIST_CACHE / cache_dir) at a larger one; running again resumes",
+    )
 
 
 def atomic_write_text(path: Path, text: str) -> None:

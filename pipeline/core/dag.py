@@ -44,49 +44,60 @@ class Dag:
 
 def build_dag(manifest: Any) -> Dag:
     """The DAG of a ``pipeline.core.manifest.Manifest`` (its ``path``, ``sources``, ``stages``,
-    ``stage_params`` and ``output``); shape errors are ``ManifestError``s naming the field."""
-    where = str(manifest.path)
+    ``stage_params`` and ``output``). Every shape problem (duplicate names, missing or unknown
+    inputs, cycles, an unknown output) is reported at once, in one ``ManifestError``."""
+    nodes, output, problems = _shape(manifest)
+    if problems:
+        raise ManifestError(_problem_list(problems), where=str(manifest.path), hint="fix the field(s) named above; `pipeline validate MANIFEST` checks without running")
+    return Dag(nodes, _toposort(nodes, str(manifest.path)), output)
+
+
+def shape_problems(manifest: Any) -> list[str]:
+    """What ``build_dag`` would refuse, as ``field: message`` lines (empty: the shape is sound)."""
+    return _shape(manifest)[2]
+
+
+def _shape(manifest: Any) -> tuple[dict[str, Node], str | None, list[str]]:
+    problems: list[str] = []
     nodes: dict[str, Node] = {}
     for i, src in enumerate(manifest.sources):
         if src.name in nodes:
-            raise ManifestError(f"sources[{i}].name: duplicate node name {src.name!r}", where=where)
+            problems.append(f"sources[{i}].name: duplicate node name {src.name!r}")
         nodes[src.name] = Node(src.name, "source", src.kind, src)
     source_names = [s.name for s in manifest.sources]
     prev: list[str] = source_names
     for i, (spec, params) in enumerate(zip(manifest.stages, manifest.stage_params)):
         if spec.name in nodes:
-            raise ManifestError(
-                f"stages[{i}].name: duplicate node name {spec.name!r} (source and stage names share one namespace)",
-                where=where,
-            )
+            problems.append(f"stages[{i}].name: duplicate node name {spec.name!r} (source and stage names share one namespace)")
         inputs = list(spec.inputs) if spec.inputs is not None else list(prev)
         if not inputs:
-            raise ManifestError(f"stages[{i}].inputs: a stage needs at least one input", where=where)
+            problems.append(f"stages[{i}].inputs: a stage needs at least one input")
         nodes[spec.name] = Node(spec.name, "stage", spec.stage, params, inputs)
         prev = [spec.name]
-
     for i, spec in enumerate(manifest.stages):
         for inp in nodes[spec.name].inputs:
             if inp not in nodes:
-                raise ManifestError(
-                    f"stages[{i}].inputs: unknown node {inp!r}",
-                    where=where,
-                    hint=f"inputs name sources or stages: {', '.join(nodes)}",
-                )
-            if inp == spec.name:
-                raise ManifestError(f"stages[{i}].inputs: stage {spec.name!r} reads itself", where=where)
-
-    order = _toposort(nodes, where)
+                problems.append(f"stages[{i}].inputs: unknown node {inp!r} (inputs name sources or stages: {', '.join(nodes)})")
+            elif inp == spec.name:
+                problems.append(f"stages[{i}].inputs: stage {spec.name!r} reads itself")
     output = manifest.output or (manifest.stages[-1].name if manifest.stages else None)
-    if output is None:
-        if len(source_names) != 1:
-            raise ManifestError(
-                "output: a manifest with several sources and no stages needs 'output' or a merging stage", where=where
-            )
-        output = source_names[0]
-    if output not in nodes:
-        raise ManifestError(f"output: unknown node {output!r}; known: {', '.join(nodes)}", where=where)
-    return Dag(nodes, order, output)
+    if output is None and len(source_names) != 1:
+        problems.append("output: a manifest with several sources and no stages needs 'output' or a merging stage")
+    output = output or (source_names[0] if source_names else None)
+    if output is not None and output not in nodes:
+        problems.append(f"output: unknown node {output!r}; known: {', '.join(nodes)}")
+    if not problems:
+        try:
+            _toposort(nodes, str(manifest.path))
+        except ManifestError as exc:
+            problems.append(exc.what)
+    return nodes, output, problems
+
+
+def _problem_list(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} problems:\n    " + "\n    ".join(problems)
 
 
 def _toposort(nodes: dict[str, Node], where: str) -> list[str]:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.common.errors import ManifestError
-from pipeline.core.dag import build_dag
+from pipeline.core.dag import build_dag, shape_problems
 from pipeline.core.spdx import validate_spdx
 
 NAME_RE = r"^[A-Za-z][A-Za-z0-9_.-]*$"
@@ -105,6 +106,9 @@ class ManifestModel(BaseModel):
     sources: list[dict[str, Any]] = Field(min_length=1)
     stages: list[StageSpec] = Field(default_factory=list)
     output: str | None = None
+    # A run that ends with no documents (a source that yields none, filters that remove all) is an
+    # error unless this is true.
+    allow_empty: bool = False
     # `pipeline train` settings (pretraining and fine-tuning); CLI flags win over these.
     train: dict[str, Any] = Field(default_factory=dict)
     finetune: dict[str, Any] = Field(default_factory=dict)
@@ -124,6 +128,7 @@ class Manifest:
         self.stages = model.stages
         self.stage_params = stage_params
         self.output = model.output
+        self.allow_empty = model.allow_empty
         self.train = model.train
         self.finetune = model.finetune
 
@@ -158,7 +163,8 @@ def format_loc(loc: tuple) -> str:
     return out or "(top level)"
 
 
-def _raise_validation(path: Path, err: ValidationError, prefix: tuple = ()) -> None:
+def validation_lines(err: ValidationError, prefix: tuple = ()) -> list[str]:
+    """One ``field.path: message`` line per pydantic error."""
     lines = []
     for e in err.errors():
         loc = format_loc(prefix + tuple(e["loc"]))
@@ -168,11 +174,7 @@ def _raise_validation(path: Path, err: ValidationError, prefix: tuple = ()) -> N
         elif e["type"] == "literal_error":
             msg = f"{msg}, got {e.get('input')!r}"
         lines.append(f"{loc}: {msg}")
-    raise ManifestError(
-        "invalid manifest:\n    " + "\n    ".join(lines),
-        where=str(path),
-        hint="fix the field(s) named above; `pipeline validate MANIFEST` checks without running",
-    )
+    return lines
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -263,36 +265,63 @@ def parse_manifest(path: str | Path, overrides: list[str] | None, registry: Regi
         keys, value = parse_override(item)
         apply_override(raw, keys, value)
 
+    # Every problem of the manifest is reported at once: the top level, then each source and each
+    # stage on its own (one bad item does not hide the others), then the DAG's shape.
+    problems: list[str] = []
+    raw_sources, raw_stages = raw.get("sources"), raw.get("stages")
+    top = dict(raw)
+    if isinstance(raw_sources, list):
+        top["sources"] = [{} for _ in raw_sources]  # items are checked below
+    if isinstance(raw_stages, list):
+        top["stages"] = []
+    model = None
     try:
-        model = ManifestModel.model_validate(raw)
+        model = ManifestModel.model_validate(top)
     except ValidationError as err:
-        _raise_validation(path, err)
+        problems += validation_lines(err)
 
     sources: list[SourceConfig] = []
-    for i, src in enumerate(model.sources):
+    for i, src in enumerate(raw_sources if isinstance(raw_sources, list) else []):
         kind = src.get("kind") if isinstance(src, dict) else None
-        if kind not in source_kinds():
-            raise ManifestError(
-                f"sources[{i}].kind: unknown source kind {kind!r}; allowed: {', '.join(source_kinds())}",
-                where=str(path),
-            )
-        try:
-            sources.append(get_source_class(kind).Config.model_validate(src))
-        except ValidationError as err:
-            _raise_validation(path, err, ("sources", i))
+        if not isinstance(src, dict):
+            problems.append(f"sources[{i}]: must be a mapping with name, kind and license")
+        elif kind not in source_kinds():
+            problems.append(f"sources[{i}].kind: unknown source kind {kind!r}; allowed: {', '.join(source_kinds())}")
+        else:
+            try:
+                sources.append(get_source_class(kind).Config.model_validate(src))
+            except ValidationError as err:
+                problems += validation_lines(err, ("sources", i))
 
+    specs: list[StageSpec] = []
     stage_params: list[BaseModel] = []
-    for i, spec in enumerate(model.stages):
+    for i, item in enumerate(raw_stages if isinstance(raw_stages, list) else []):
+        try:
+            spec = StageSpec.model_validate(item)
+        except ValidationError as err:
+            problems += validation_lines(err, ("stages", i))
+            continue
+        specs.append(spec)
         if spec.stage not in stage_names():
-            raise ManifestError(
-                f"stages[{i}].stage: unknown stage {spec.stage!r}; allowed: {', '.join(stage_names())}",
-                where=str(path),
-            )
+            problems.append(f"stages[{i}].stage: unknown stage {spec.stage!r}; allowed: {', '.join(stage_names())}")
+            continue
         try:
             stage_params.append(get_stage_class(spec.stage).Params.model_validate(spec.params))
         except ValidationError as err:
-            _raise_validation(path, err, ("stages", i, "params"))
+            problems += validation_lines(err, ("stages", i, "params"))
 
+    named = isinstance(raw_sources, list) and all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in raw_sources)
+    if problems and named and len(specs) == len(raw_stages or []):
+        # the DAG's shape needs only names and inputs: check it too, so this is the only round
+        stand_in = SimpleNamespace(path=path, sources=[SimpleNamespace(name=s["name"], kind=s.get("kind")) for s in raw_sources], stages=specs, stage_params=[None] * len(specs), output=raw.get("output"))
+        problems += shape_problems(stand_in)
+    if problems:
+        raise ManifestError(
+            f"invalid manifest ({len(problems)} problem{'s' if len(problems) > 1 else ''}):\n    " + "\n    ".join(problems),
+            where=str(path),
+            hint="fix the field(s) named above; `pipeline validate MANIFEST` checks without running",
+        )
+    model.stages = specs
     manifest = Manifest(path, raw, model, sources, stage_params)
     build_dag(manifest)  # shape errors (cycles, unknown inputs, duplicate names) surface at load time
     return manifest

@@ -129,7 +129,7 @@ class NodeContext:
             else:
                 todo.append((i, args))
         if len(todo) < len(tasks):
-            self.run.console.log(f"\\[{self.name}] resuming: {len(tasks) - len(todo)} of {len(tasks)} partitions already done")
+            self.run.console.log(f"\\[{self.name}] {desc}: resuming, {len(tasks) - len(todo)} of {len(tasks)} tasks already done")
         calls = [(task_entry, (fn, str(self.dir), i, args, prefix)) for i, args in todo]
         for i, stats in self.executor.map(calls, desc=f"{self.name}: {desc}", progress=self.run.progress):
             results[todo[i][0]] = stats

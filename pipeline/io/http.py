@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
+from urllib.parse import urlsplit
 
 import requests
 
@@ -72,26 +73,53 @@ class DownloadRecord:
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
+class HostUnreachable(SourceError):
+    """No answer at all from the host (name not resolved, connection refused or timed out, no
+    route): this machine is offline or the host is down, as opposed to an HTTP error."""
+
+
+def _connection_problem(exc: Exception) -> str:
+    text = str(exc)
+    for needle, plain in (
+        ("Failed to resolve", "its name does not resolve (DNS)"), ("Name or service not known", "its name does not resolve (DNS)"),
+        ("Temporary failure in name resolution", "its name does not resolve (DNS)"), ("Connection refused", "the connection was refused"),
+        ("Network is unreachable", "the network is unreachable"), ("No route to host", "there is no route to it"),
+    ):
+        if needle in text:
+            return plain
+    return "the connection timed out" if isinstance(exc, requests.Timeout) else f"the connection failed ({type(exc).__name__})"
+
+
 def _request(method: str, url: str, *, headers: dict | None = None, stream: bool = False) -> requests.Response:
-    """One request with retries for transient failures; raises SourceError with advice otherwise."""
+    """One request with retries for transient failures; raises SourceError with advice otherwise
+    (``HostUnreachable`` when the host never answered)."""
     attempts = max(1, _retries())
     last: str = ""
+    unreachable: str | None = None
     for attempt in range(attempts):
         try:
             resp = session().request(method, url, headers=headers or {}, stream=stream, timeout=(10, 60))
         except (requests.ConnectionError, requests.Timeout) as exc:
             last = f"{type(exc).__name__}: {exc}"
+            unreachable = _connection_problem(exc)
         else:
             if resp.status_code not in _RETRY_STATUS:
                 return resp
-            last = f"HTTP {resp.status_code}"
+            last, unreachable = f"HTTP {resp.status_code}", None
             resp.close()
         if attempt + 1 < attempts:
             time.sleep(_backoff() * (2**attempt))
+    if unreachable is not None:
+        host = urlsplit(url).hostname or url
+        raise HostUnreachable(
+            f"cannot reach {host}: {unreachable} ({attempts} attempts)",
+            where=redact_url(url),
+            hint="this machine may be offline, or a proxy or firewall blocks the host: use a mirror you can reach (--set sources.NAME.mirror=URL), or a download an earlier run cached (GRIST_CACHE)",
+        )
     raise SourceError(
         f"request failed after {attempts} attempts ({last})",
         where=redact_url(url),
-        hint="check the URL / mirror and the network; a different mirror can be set with --set sources.NAME.mirror=URL",
+        hint="the server keeps failing: try again later, or use another mirror (--set sources.NAME.mirror=URL)",
     )
 
 
@@ -125,7 +153,7 @@ def get_json(url: str):
 def _quarantine(path: Path, cache_root: Path) -> Path:
     qdir = cache_root / "quarantine"
     qdir.mkdir(parents=True, exist_ok=True)
-    target = qdir / f"{path.name.removesuffix('.part')}.{int(time.time())}.bad"
+    target = qdir / f"{path.name.removesuffix('.part')}.{time.time_ns()}.bad"
     os.replace(path, target)
     return target
 
@@ -201,6 +229,10 @@ def download(
                         on_progress(have, total)
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, requests.Timeout):
             pass  # dropped mid-body: resume from what we have
+        except OSError as exc:
+            if storage.is_disk_full(exc):  # the .part file stays: a re-run resumes from it
+                raise storage.disk_full(part, (total - have) if total else None, done=have) from None
+            raise
         finally:
             resp.close()
         if total is None or have >= total:

@@ -28,6 +28,7 @@ from pipeline.exec.tasks import check_accounting
 from pipeline.io import remote
 from pipeline.io.export import export_dataset, publish_dir
 from pipeline.io.urls import redact_url
+from pipeline.run.lock import RunLock
 from pipeline.run.provenance import write_lock, write_provenance
 
 # Source fields that describe the source but do not change the data it yields.
@@ -112,17 +113,35 @@ def run_manifest(manifest, out_dir: Path | str, executor: Executor, console, *, 
 
 
 def _run(manifest, out_dir: Path, executor: Executor, console, *, progress: bool = True, after_node=None, store=None) -> RunResult:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rctx = RunContext(out_dir=out_dir, cache_dir=default_cache_dir(manifest), console=console, manifest=manifest, progress=progress)
-    if store is None:
-        return _walk(manifest, rctx, executor, console, after_node=after_node)
-    # workers that do not see this machine's files (a cluster without a shared volume) use the stores
-    cache = remote.cache_mirror_for(rctx.cache_dir)
-    executor.attach_stores(store, cache[0] if cache else None)
+    make_out_dir(out_dir)
+    with RunLock(out_dir) as lock:
+        if lock.removed_temps:
+            console.log(f"removed {len(lock.removed_temps)} temporary file(s) an interrupted run left in {out_dir}")
+        rctx = RunContext(out_dir=out_dir, cache_dir=default_cache_dir(manifest), console=console, manifest=manifest, progress=progress)
+        if store is None:
+            return _walk(manifest, rctx, executor, console, after_node=after_node)
+        # workers that do not see this machine's files (a cluster without a shared volume) use the stores
+        cache = remote.cache_mirror_for(rctx.cache_dir)
+        executor.attach_stores(store, cache[0] if cache else None)
+        try:
+            return _walk(manifest, rctx, executor, console, after_node=after_node)
+        finally:
+            executor.detach_stores()
+
+
+def make_out_dir(out_dir: Path) -> None:
+    """Create the output folder, or say clearly why it cannot be one."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PipelineError("--out names an existing file, not a folder", where=str(out_dir), hint="give a folder path (it is created if missing), or move the file away")
     try:
-        return _walk(manifest, rctx, executor, console, after_node=after_node)
-    finally:
-        executor.detach_stores()
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
+        raise PipelineError(f"cannot create the output folder: {blocker or 'a part of the path'} is a file", where=str(out_dir), hint="give a folder path whose parents are folders") from None
+    except PermissionError:
+        raise PipelineError("cannot create the output folder: permission denied", where=str(out_dir), hint="choose a folder you can write to (--out)") from None
+    except OSError as exc:
+        raise PipelineError(f"cannot create the output folder: {exc.strerror or exc}", where=str(out_dir), hint="choose another --out") from None
 
 
 def _walk(manifest, rctx: RunContext, executor: Executor, console, *, after_node=None) -> RunResult:
@@ -167,6 +186,10 @@ def _walk(manifest, rctx: RunContext, executor: Executor, console, *, after_node
                 extra = stage.run(ctx) or {}
             except PipelineError:
                 raise
+            except OSError as exc:
+                if storage.is_disk_full(exc):
+                    raise storage.disk_full(Path(exc.filename) if exc.filename else node_dir / "part") from None
+                raise StageError(f"{type(exc).__name__}: {exc}", where=f"node {name!r} ({node.impl})", hint="run with --debug for the traceback; the node is not marked complete and will re-run") from exc
             except Exception as exc:  # a bug or an unexpected input: name the node, keep the cause
                 raise StageError(f"{type(exc).__name__}: {exc}", where=f"node {name!r} ({node.impl})", hint="run with --debug for the traceback; the node is not marked complete and will re-run") from exc
             stats = _node_stats(node_dir, extra)
@@ -196,6 +219,12 @@ def _walk(manifest, rctx: RunContext, executor: Executor, console, *, after_node
         outputs[name] = NodeOutput(name=name, dir=node_dir, fingerprint=fp, stats=stats)
         result.stats[name] = stats
         node_records[name] = record
+        if stats.get("out") == 0 and not manifest.allow_empty:
+            raise PipelineError(
+                f"node {name!r} left no documents; where they went:\n{funnel_text(dag, result.stats)}",
+                where=str(manifest.path),
+                hint="check the inputs and the filters' thresholds (pipeline inspect OUT --reason ... shows removed samples); set allow_empty: true in the manifest if an empty result is expected",
+            )
 
     # 3. The output node becomes <out>/data; then the lock and provenance.
     out_node = outputs[dag.output]
@@ -214,6 +243,20 @@ def _walk(manifest, rctx: RunContext, executor: Executor, console, *, after_node
 
     write_run_docs(out_dir, manifest, console)
     return result
+
+
+def funnel_text(dag: Dag, stats: dict[str, dict], top: int = 3) -> str:
+    """One line per node run so far: documents in and out, and the main removal reasons."""
+    lines = []
+    for name in dag.order:
+        if name not in stats:
+            continue
+        st = stats[name]
+        reasons = sorted((st.get("removed_by_reason") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        why = ", ".join(f"{r} {n:,}" for r, n in reasons[:top]) + (f", … {len(reasons) - top} more reason(s)" if len(reasons) > top else "")
+        count = f"{st.get('in', 0):,} in -> {st.get('out', 0):,} out" if dag.nodes[name].kind == "stage" else f"{st.get('out', 0):,} documents read"
+        lines.append(f"  {name} ({dag.nodes[name].impl}): {count}" + (f"; removed: {why}" if why else ""))
+    return "\n".join(lines)
 
 
 def _prepare_dir(node_dir: Path, fp: str) -> None:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipeline.common.display import print_table
 from pipeline.common.errors import PipelineError
 
 # train command option -> FinetuneConfig field
@@ -85,7 +86,7 @@ def print_summary(summary: dict, out: Console) -> None:
             table.add_column(col, justify="left" if col == "metric" else "right")
         for key, name in (("accuracy", "accuracy"), ("macro_precision", "macro precision"), ("macro_recall", "macro recall"), ("macro_f1", "macro F1")):
             table.add_row(name, f"{test[key]:.4f}", f"{base[key]:.4f}")
-        out.print(table)
+        print_table(out, table)
         cm = test["confusion_matrix"]
         table = Table(title="confusion matrix (rows: true, columns: predicted)")
         table.add_column("true \\ predicted")
@@ -93,7 +94,7 @@ def print_summary(summary: dict, out: Console) -> None:
             table.add_column(escape(label), justify="right")
         for label, row in zip(cm["labels"], cm["matrix"]):
             table.add_row(escape(label), *(str(v) for v in row))
-        out.print(table)
+        print_table(out, table)
     else:
         table = Table(title="response-token loss (nats) and perplexity")
         for col in ("split", "before", "after", "ppl before", "ppl after", "tokens"):
@@ -101,4 +102,4 @@ def print_summary(summary: dict, out: Console) -> None:
         for split, b in summary["before"].items():
             a = summary["after"][split]
             table.add_row(split, f"{b['loss']:.4f}", f"{a['loss']:.4f}", f"{b['ppl']:.2f}", f"{a['ppl']:.2f}", str(a["tokens"]))
-        out.print(table)
+        print_table(out, table)

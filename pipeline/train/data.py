@@ -31,6 +31,23 @@ def find_tokens_dir(path: str | Path) -> Path:
     raise TrainError("no token shards here (index.json not found)", where=str(p), hint="pass the output folder of `pipeline run` with a tokenize stage, or its tokens/ folder")
 
 
+def find_run(path: str | Path, kind: str = "tokens") -> tuple[Path, str | None]:
+    """What ``--shards`` names: a run's output folder holding ``kind/index.json`` (``tokens`` or
+    ``finetune``), that folder itself, or a folder of runs (``out/``) holding exactly one such run.
+    Returns the path to use and a note saying which run was picked (None when ``path`` was it)."""
+    p = Path(path)
+    if (p / "index.json").is_file() or (p / kind / "index.json").is_file():
+        return p, None
+    runs = sorted(c for c in p.glob("*") if (c / kind / "index.json").is_file()) if p.is_dir() else []
+    if len(runs) == 1:
+        return runs[0], f"using {runs[0]}: the only run with {kind} shards in {p}"
+    what = "token shards" if kind == "tokens" else "fine-tuning examples"
+    if runs:
+        raise TrainError(f"{len(runs)} runs with {what} here: {', '.join(r.name for r in runs)}", where=str(p), hint=f"pick one: --shards {runs[0]}")
+    made_by = "a tokenize stage" if kind == "tokens" else "a finetune_data stage"
+    raise TrainError(f"no {what} here ({kind}/index.json not found)", where=str(p), hint=f"pass the output folder of `pipeline run` with {made_by} (e.g. out/wiki-zh), or its {kind}/ folder")
+
+
 def read_index(tokens_dir: Path) -> dict:
     try:
         return json.loads((tokens_dir / "index.json").read_text(encoding="utf-8"))

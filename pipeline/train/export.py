@@ -79,7 +79,13 @@ def export_hf(checkpoint: str | Path, dest: str | Path, tokenizer_dir: str | Pat
     hf.tie_weights()
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    hf.save_pretrained(str(dest), safe_serialization=True)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar in the middle of our output
+    try:
+        hf.save_pretrained(str(dest), safe_serialization=True)
+    finally:
+        hf_logging.enable_progress_bar()
     copied = []
     if tok.is_dir():
         for name in TOKENIZER_FILES:

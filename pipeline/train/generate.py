@@ -2,9 +2,10 @@
 ``pipeline generate RUN "prompt"``.
 
 Sampling draws from its own CPU ``torch.Generator`` (seeded), never from the global RNG, so
-logging samples during training changes neither the data order nor the weights.  There is no
-KV cache: each new token re-reads the context (at most ``max_seq_len`` tokens), which is simple
-and exact and fast enough for short samples."""
+logging samples during training changes neither the data order nor the weights. Generation uses
+a KV cache: the prompt is prefilled once, then each new token computes one position; when the
+context reaches ``max_seq_len`` the last window is prefilled again (the tokens are the same as
+recomputing the whole context each step; benchmarks/bench_generate.py)."""
 
 from __future__ import annotations
 

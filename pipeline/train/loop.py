@@ -49,14 +49,38 @@ PEAK_BF16 = [("H200", 989e12), ("H100", 989e12), ("A100", 312e12)]
 HORIZON_PROBE_STEPS = 4
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        return torch.device(name)
+def available_devices() -> list[str]:
+    """The device kinds this torch build can use on this machine."""
+    kinds = ["cpu"]
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        kinds.insert(0, "cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+        kinds.insert(0, "mps")
+    return kinds
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: cuda, then mps, then cpu. A named device this build or machine cannot use is a
+    ``TrainError`` that says which devices can be used and how to get a CUDA build."""
+    usable = available_devices()
+    if name in ("", "auto", None):
+        return torch.device(usable[0])
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TrainError(f"unknown device {name!r}", where="--device", hint=f"use auto, or one of the devices usable here: {', '.join(usable)}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        built = torch.version.cuda is not None
+        why = "no CUDA GPU is visible to this process" if built else f"this torch build ({torch.__version__}) has no CUDA support"
+        how = "check nvidia-smi and CUDA_VISIBLE_DEVICES" if built else "install a CUDA build of PyTorch (see https://pytorch.org/get-started/locally/, e.g. pip install torch --index-url https://download.pytorch.org/whl/cu124)"
+        raise TrainError(f"--device {name}: {why}", where="--device", hint=f"devices usable here: {', '.join(usable)}; for a GPU, {how}")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise TrainError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible", where="--device", hint=f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and "mps" not in usable:
+        raise TrainError(f"--device {name}: MPS (Apple GPU) is not available here", where="--device", hint=f"devices usable here: {', '.join(usable)}")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise TrainError(f"--device {name}: the trainer runs on cpu, cuda or mps, not {device.type}", where="--device", hint=f"devices usable here: {', '.join(usable)}")
+    return device
 
 
 def peak_flops(device: torch.device) -> float | None:

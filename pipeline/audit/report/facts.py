@@ -19,6 +19,7 @@ import polars as pl
 import pyarrow as pa
 import yaml
 
+from pipeline.audit.inspect import topological
 from pipeline.common.errors import PipelineError
 
 OUTPUT_SCOPE = "output"
@@ -93,21 +94,6 @@ def run_meta(out_dir: Path) -> dict:
         "output_node": output,
         "output_export": prov.get("output") or {},
     }
-
-
-def topological(nodes: list[dict], declared: list[str]) -> list[dict]:
-    """Nodes in DAG order, ties broken by manifest order (provenance.json stores them sorted by name)."""
-    rank = {name: i for i, name in enumerate(declared)}
-    by_name = {n["name"]: n for n in nodes}
-    done: list[dict] = []
-    seen: set[str] = set()
-    pending = sorted(by_name, key=lambda k: (rank.get(k, len(rank)), k))
-    while pending:
-        ready = next((k for k in pending if all(i in seen or i not in by_name for i in by_name[k]["inputs"])), pending[0])
-        pending.remove(ready)
-        seen.add(ready)
-        done.append(by_name[ready])
-    return done
 
 
 def licenses(out_dir: Path, sources: list[dict]) -> dict:

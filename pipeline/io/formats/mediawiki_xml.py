@@ -56,7 +56,7 @@ def iter_bz2_range(path: Path, start: int = 0, end: int | None = None) -> Iterat
                     raise TruncatedInput(
                         f"corrupt bz2 data before byte {pos} ({exc})",
                         where=str(path),
-                        hint="the file is damaged; delete it (or its cache entry) and re-run to fetch it again",
+                        hint="the file is damaged",
                     ) from None
                 fed = True
                 if out:
@@ -70,7 +70,7 @@ def iter_bz2_range(path: Path, start: int = 0, end: int | None = None) -> Iterat
             raise TruncatedInput(
                 "truncated bz2 data: the input ends in the middle of a compressed stream",
                 where=f"{path} (bytes {start}-{end if end is not None else 'EOF'})",
-                hint="the download is incomplete or the file is damaged; delete it and re-run to fetch it again",
+                hint="the file is incomplete or damaged",
             )
 
 
@@ -89,7 +89,7 @@ def iter_compressed(path: Path) -> Iterator[bytes]:
         raise TruncatedInput(
             f"compressed data is truncated or corrupt ({exc})",
             where=str(path),
-            hint="the file is damaged; fetch it again",
+            hint="the file is incomplete or damaged",
         ) from None
 
 

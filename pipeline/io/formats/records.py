@@ -40,19 +40,23 @@ def detect_format(path: str) -> str:
     raise StageError(f"cannot tell the format of {path!r} from its name", where=path, hint=f"set 'format' on the source to one of: {', '.join(FORMATS)}")
 
 
-def _open_text(path: Path):
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", errors="strict")
-    return open(path, "r", encoding="utf-8", errors="strict")
-
-
 def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
-def _lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[str]:
-    """The lines of a UTF-8 file, split on "\\n" only (a "\\r\\n" ending is dropped too), from byte
-    ``start`` (a line start) to the line that crosses ``end``. Byte ranges need an uncompressed file."""
+def _decode(raw: bytes) -> tuple[str, int | None]:
+    """UTF-8 text and None, or (when the bytes are not valid UTF-8) the text with the bad bytes
+    kept as surrogates and the offset of the first bad byte: the caller ledgers the record."""
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        return raw.decode("utf-8", errors="surrogateescape"), exc.start
+
+
+def _lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[tuple[str, int | None]]:
+    """The lines of a file as (text, offset of the first invalid UTF-8 byte or None), split on
+    "\\n" only (a "\\r\\n" ending is dropped too), from byte ``start`` (a line start) to the line
+    that crosses ``end``. Byte ranges need an uncompressed file."""
     with _open_binary(path) as fh:
         if start:
             fh.seek(start)
@@ -61,7 +65,23 @@ def _lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[str]:
             if end is not None and pos >= end:
                 break
             pos += len(raw)
-            yield raw.decode("utf-8", errors="strict").rstrip("\n").removesuffix("\r")
+            text, bad = _decode(raw)
+            yield text.rstrip("\n").removesuffix("\r"), bad
+
+
+def _has_invalid_text(value) -> bool:
+    """Whether a parsed value holds bytes that were not UTF-8 (kept as lone surrogates)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_invalid_text(k) or _has_invalid_text(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_invalid_text(v) for v in value)
+    return False
 
 
 def splittable(path: Path, fmt: str, txt_mode: str = "file") -> bool:
@@ -104,40 +124,56 @@ def row_group_spans(path: Path, target_bytes: int) -> list[tuple[int, int]]:
     return spans
 
 
-def count_records(path: Path, fmt: str, start: int, end: int) -> int:
-    """How many records ``iter_records`` yields for this span (the ids of the next span start there)."""
+def count_records(path: Path, fmt: str, start: int, end: int) -> tuple[int, int]:
+    """How many records ``iter_records`` yields for this span, and how many lines it spans (the
+    ids and line numbers of the next span start there)."""
     if fmt == "parquet":
         meta = pq.ParquetFile(path).metadata
-        return sum(meta.row_group(g).num_rows for g in range(start, end))
-    return sum(1 for line in _lines(path, start, end) if line.strip())
+        return sum(meta.row_group(g).num_rows for g in range(start, end)), 0
+    records = lines = 0
+    for line, _ in _lines(path, start, end):
+        lines += 1
+        records += bool(line.strip())
+    return records, lines
 
 
-def iter_records(path: Path, fmt: str, txt_mode: str = "file", span: tuple[int, int] | None = None) -> Iterator[tuple[str, dict | str]]:
-    """Yield ("ok", record dict) or ("error", reason) per record, in file order; ``span`` limits
-    the read to a byte range (JSONL, text lines) or a row-group range (Parquet)."""
-    if fmt == "jsonl":
-        for line in _lines(path, *(span or (0, None))):
+def iter_records(path: Path, fmt: str, txt_mode: str = "file", span: tuple[int, int] | None = None, first_line: int = 1) -> Iterator[tuple[str, dict | str, dict]]:
+    """Yield ("ok", record dict, where) or ("error", reason, where) per record, in file order;
+    ``where`` locates the record ({"line": n} in line formats, counted from ``first_line``, the
+    number of the span's first line; {"record": n} in a JSON array). ``span`` limits the read to
+    a byte range (JSONL, text lines) or a row-group range (Parquet). Bytes that are not UTF-8
+    cost only their record: ``parse:invalid-utf8``, with the offset of the first bad byte."""
+    if fmt in ("jsonl", "txt") and not (fmt == "txt" and txt_mode == "file"):
+        for lineno, (line, bad) in enumerate(_lines(path, *(span or (0, None))), start=first_line):
             if not line.strip():
+                continue
+            if bad is not None:
+                yield "error", "parse:invalid-utf8", {"line": lineno, "byte_in_line": bad}
+                continue
+            if fmt == "txt":
+                yield "ok", {"text": line}, {"line": lineno}
                 continue
             try:
                 rec = json.loads(line)
             except ValueError:
-                yield "error", "parse:invalid-json"
+                yield "error", "parse:invalid-json", {"line": lineno}
                 continue
-            yield ("ok", rec) if isinstance(rec, dict) else ("error", "parse:not-an-object")
+            yield ("ok", rec, {"line": lineno}) if isinstance(rec, dict) else ("error", "parse:not-an-object", {"line": lineno})
     elif fmt == "json":
-        with _open_text(path) as fh:
-            data = json.load(fh)
-        for rec in data if isinstance(data, list) else [data]:
-            yield ("ok", rec) if isinstance(rec, dict) else ("error", "parse:not-an-object")
+        with _open_binary(path) as fh:
+            text, _ = _decode(fh.read())
+        data = json.loads(text)
+        for i, rec in enumerate(data if isinstance(data, list) else [data]):
+            if not isinstance(rec, dict):
+                yield "error", "parse:not-an-object", {"record": i}
+            elif _has_invalid_text(rec):
+                yield "error", "parse:invalid-utf8", {"record": i}
+            else:
+                yield "ok", rec, {"record": i}
     elif fmt == "txt":
-        if txt_mode == "file":
-            with _open_text(path) as fh:
-                yield "ok", {"text": fh.read()}
-        else:
-            for line in _lines(path, *(span or (0, None))):
-                if line.strip():
-                    yield "ok", {"text": line}
+        with _open_binary(path) as fh:
+            text, bad = _decode(fh.read())
+        yield ("ok", {"text": text}, {}) if bad is None else ("error", "parse:invalid-utf8", {"byte": bad})
     elif fmt in ("parquet", "arrow"):
         if fmt == "parquet":
             pf = pq.ParquetFile(path)
@@ -147,7 +183,7 @@ def iter_records(path: Path, fmt: str, txt_mode: str = "file", span: tuple[int, 
             batches = _arrow_batches(path)
         for batch in batches:
             for rec in batch.to_pylist():
-                yield "ok", rec
+                yield "ok", rec, {}
     else:
         raise StageError(f"unsupported record format {fmt!r}", where=str(path))
 
