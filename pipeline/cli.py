@@ -10,7 +10,7 @@ import typer
 import typer.core
 from rich.console import Console
 
-from pipeline.common.display import print_table
+from pipeline.common.display import make_console, print_table
 from pipeline.common.errors import PipelineError
 
 # Typer's rich help shows a value placeholder (<bool>) beside flags, which take no value.
@@ -18,7 +18,7 @@ _display_type = typer.core.TyperOption.display_type_rich
 typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _display_type(self, ctx)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate pretraining data: manifests in, audited Arrow shards out.")
-console = Console(stderr=True, log_path=False)
+console = make_console(stderr=True, log_path=False)
 _state = {"debug": False}
 
 
@@ -278,13 +278,15 @@ def _train_progress(cfg, show: bool):
         bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, disable=not live)
         task = bar.add_task("", total=cfg.max_steps)
         last_line = [time.monotonic()]
+        logged: list[int] = []  # steps printed by this process (a resumed run starts past 0)
 
         def on_step(rec: dict) -> None:
             mfu = f" | mfu {100 * rec['mfu']:.1f}%" if "mfu" in rec else ""
             desc = f"loss {rec['loss']:.4f} | lr {rec['lr']:.2e} | {rec['tokens_per_s']:,.0f} tok/s{mfu}"
             bar.update(task, completed=rec["step"], description=desc)
             now = time.monotonic()
-            if not live and (rec["step"] <= LOG_FIRST_STEPS or now - last_line[0] >= LOG_EVERY_S or rec["step"] == cfg.max_steps):
+            if not live and (len(logged) < LOG_FIRST_STEPS or now - last_line[0] >= LOG_EVERY_S or rec["step"] == cfg.max_steps):
+                logged.append(rec["step"])
                 total = f"/{cfg.max_steps}" if cfg.max_steps else ""
                 console.print(f"step {rec['step']}{total}: {desc}", highlight=False)
                 last_line[0] = now
@@ -296,6 +298,8 @@ def _train_progress(cfg, show: bool):
                 # the sample as it reads: its own line breaks, indented under the header
                 text = f"[bold]{_escape(rec['prompt'])}[/]{_escape(rec['text'])}".replace("\n", "\n    ")
                 bar.console.print(f"  sample {rec['index']}: {text}", highlight=False)
+            elif rec.get("type") == "resume":
+                bar.console.print(f"resuming at step {rec['step']} ({rec['tokens']:,} tokens trained) from {_escape(rec['checkpoint'])}", highlight=False)
             elif rec.get("type") == "horizon":
                 bar.console.print(f"max_time: the schedule ends at step {rec['horizon']} ({rec['seconds_per_step']:.3f} s/step)", highlight=False)
 

@@ -444,6 +444,12 @@ def test_ctrl_c_checkpoints_then_exits_130(shards, tmp_path):
     assert "interrupted (SIGINT)" in err and "add --resume to continue" in err
     state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
     assert state["step"] >= 2 and not (run_dir / "hf").exists()
+    # resuming says so once, and the step lines start where it resumes
+    step = state["step"]
+    again = run_cli("train", "--shards", str(shards), "--max-steps", str(step + 2), "--batch-size", "4", "--eval-every", "0", "--device", "cpu", "--out", str(run_dir), "--resume", env=ONE_THREAD)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("resuming at step") == 1 and f"resuming at step {step} " in again.stderr
+    assert f"step {step + 1}/{step + 2}: loss" in again.stderr
 
 
 # ------------------------------------------------------------------------------------ configuration

@@ -407,6 +407,8 @@ def _run(cfg, out, d, device, tokens_dir, train_stream, val_stream, tok_hash, T,
     # built on every process so that a bad sample_prompts fails everywhere, used on rank 0 only
     sampler = Sampler(cfg, tok_dir, val_stream, T, eos_id, bos_id) if val_stream is not None else None
     log = RunLog(out, d.main, use_tb, step if state is not None else None, on_log)
+    if state is not None and d.main and on_log is not None:  # said once, by the main process
+        on_log({"type": "resume", "step": step, "tokens": tokens, "checkpoint": str(out / "checkpoint")})
 
     flops_tok = model.flops_per_token(T)
     peak = peak_flops(device)
