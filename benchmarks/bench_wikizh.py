@@ -50,7 +50,15 @@ def tree_digest(root: Path) -> str:
 
 
 def tree_size(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    """Bytes of the files under root, a hard-linked file once (published tokens/ link the node's)."""
+    seen, total = set(), 0
+    for p in root.rglob("*"):
+        if p.is_file():
+            st = p.stat()
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
 
 
 def run_checkout(checkout: Path, mirror: str, out: Path, cache: Path, workers: int, extra: list[str]) -> dict:
@@ -74,6 +82,7 @@ def run_checkout(checkout: Path, mirror: str, out: Path, cache: Path, workers: i
         "runner_peak_mb": peak_kb / 1024,
         "out_mb": tree_size(out) / 1e6,
         "data_mb": tree_size(out / "data") / 1e6,
+        "tokens_mb": tree_size(out / "tokens") / 1e6,
         "data": tree_digest(out / "data"),
         "tokens": tree_digest(out / "tokens"),
     }
@@ -143,8 +152,8 @@ def main() -> None:
                 row.append(f"{a / b:.2f}x" if a and b else "-")
         print("\nNode durations (s):\n")
         print(table(["node"] + names + (["speedup"] if len(names) == 2 else []), rows))
-        print("\n" + table(["checkout", "runner peak RSS (MB)", "out/ (MB)", "data/ (MB)", "data/ sha256", "tokens/ sha256"],
-                           [[n, f"{results[n]['runner_peak_mb']:.0f}", f"{results[n]['out_mb']:.1f}", f"{results[n]['data_mb']:.1f}", results[n]["data"][:16], results[n]["tokens"][:16]] for n in names]))
+        print("\n" + table(["checkout", "runner peak RSS (MB)", "out/ (MB)", "data/ (MB)", "tokens/ (MB)", "data/ sha256", "tokens/ sha256"],
+                           [[n, f"{results[n]['runner_peak_mb']:.0f}", f"{results[n]['out_mb']:.1f}", f"{results[n]['data_mb']:.1f}", f"{results[n]['tokens_mb']:.1f}", results[n]["data"][:16], results[n]["tokens"][:16]] for n in names]))
         if len(names) == 2:
             same = all(results[names[0]][k] == results[names[1]][k] for k in ("data", "tokens"))
             print(f"\ndata/ and tokens/ identical between the two checkouts: {'yes' if same else 'NO'}")

@@ -424,3 +424,21 @@ def test_packing_of_tiny_work_files(tmp_path):
     assert [r["doc_starts"] for r in rows] == [[0], [0, 1], [0], [0, 1]]
     assert dd["validation"].num_rows == 0 and index["splits"]["validation"]["sequences"] == 0
     assert [list(r) for r in packing.iter_split_tokens(tmp_path / "tokens", "train")] == [r["input_ids"] for r in rows]
+
+
+def test_training_warns_when_the_sample_needs_more_memory_than_there_is(tmp_path, cache_env, monkeypatch):
+    import stages.tokenize as stage
+
+    write_inputs(tmp_path / "in", [{"id": f"d{i}", "text": "中文文本，用来训练分词器。" * 20} for i in range(30)])
+    m = manifest(tmp_path)
+    monkeypatch.setattr(stage, "_available_memory", lambda: 1000)
+    console = Console(record=True, width=300)
+    with LocalExecutor(workers=1, console=console) as ex:
+        run_manifest(load_manifest(m), tmp_path / "out", ex, console, progress=False)
+    log = console.export_text()
+    assert "SentencePiece needs about" in log and "lower sample_bytes" in log
+    monkeypatch.setattr(stage, "_available_memory", lambda: 10**12)
+    console = Console(record=True, width=300)
+    with LocalExecutor(workers=1, console=console) as ex:
+        run_manifest(load_manifest(m), tmp_path / "out2", ex, console, progress=False)
+    assert "SentencePiece needs about" not in console.export_text()

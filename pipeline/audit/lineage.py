@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipeline.common.errors import PipelineError
+from pipeline.core.stage import readable_parts
 
 DOC_FIELDS = ("id", "source", "license", "title", "url")
 DUP_OF_RE = r" of \S+$"  # "dedup:exact dup of zhwiki/12" counts as "dedup:exact dup"
@@ -194,7 +195,7 @@ def _candidate_tables(out_dir: Path, node: str | None):
         for batch in iter_batches(shard):
             yield "data", pa.Table.from_batches([batch])
     if node:  # documents the tokenize node kept (its input may differ from data/'s node)
-        for part in sorted((out_dir / "stages" / node).glob("part-*.parquet")):
+        for part in readable_parts(out_dir / "stages" / node):
             yield f"stages/{node}", pq.read_table(part, columns=[c for c in DOC_FIELDS if c in pq.read_schema(part).names])
     for ledger in sorted((out_dir / "stages").glob("*/removed/part-*.parquet")):
         yield f"ledger:{ledger.parent.parent.name}", pq.read_table(ledger, columns=["id", "source", "title"])

@@ -109,6 +109,9 @@ class ManifestModel(BaseModel):
     # A run that ends with no documents (a source that yields none, filters that remove all) is an
     # error unless this is true.
     allow_empty: bool = False
+    # What a finished run keeps: every node's parts (all), or only what is published plus ledgers,
+    # statistics and summaries (outputs; pipeline/run/retention.py).
+    retain: Literal["all", "outputs"] = "all"
     # `pipeline train` settings (pretraining and fine-tuning); CLI flags win over these.
     train: dict[str, Any] = Field(default_factory=dict)
     finetune: dict[str, Any] = Field(default_factory=dict)
@@ -129,6 +132,7 @@ class Manifest:
         self.stage_params = stage_params
         self.output = model.output
         self.allow_empty = model.allow_empty
+        self.retain = model.retain
         self.train = model.train
         self.finetune = model.finetune
 

@@ -61,6 +61,19 @@ REMOVED_SCHEMA = pa.schema(
 )
 
 
+# With ``retain: outputs`` a finished run releases node parts (pipeline/run/retention.py): the
+# parts go, a summary of them stays (every column but the text, the text's length, a few texts),
+# and the marker says so. Readers that only need those use ``readable_parts``.
+RELEASED = "_RELEASED"
+SUMMARY_DIR = "summary"
+
+
+def readable_parts(node_dir: Path) -> list[Path]:
+    """A node's parts, or the summary of them when they were released."""
+    parts = sorted(Path(node_dir).glob("part-*.parquet"))
+    return parts or sorted((Path(node_dir) / SUMMARY_DIR).glob("part-*.parquet"))
+
+
 class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -28,6 +28,7 @@ from pipeline.exec.tasks import check_accounting
 from pipeline.io import remote
 from pipeline.io.export import export_dataset, publish_dir
 from pipeline.io.urls import redact_url
+from pipeline.run import retention
 from pipeline.run.lock import RunLock
 from pipeline.run.provenance import write_lock, write_provenance
 
@@ -158,19 +159,31 @@ def _walk(manifest, rctx: RunContext, executor: Executor, console, *, after_node
             console.log(f"\\[{name}] resolving {dag.nodes[name].impl} source")
             resolved[name] = impls[name].resolve(rctx)
 
-    # 2. Walk the DAG.
+    # 2. What must run: nodes not complete for their fingerprint, and released nodes (retain:
+    #    outputs) whose parts a node that runs, or a stale data/ export, needs.
     fingerprints: dict[str, str] = {}
+    for name in dag.order:
+        node = dag.nodes[name]
+        fingerprints[name] = fingerprint(impls[name], node.kind, [fingerprints[i] for i in node.inputs], resolved.get(name))
+    incomplete = {name for name in dag.order if not _complete(stages_dir / name, fingerprints[name])}
+    export_marker = out_dir / "data" / ".grist_export.json"
+    export_stale = not (export_marker.exists() and storage.read_json(export_marker).get("fingerprint") == fingerprints[dag.output])
+    to_run = retention.needs_parts(dag, out_dir, incomplete, export_stale)
+
+    # 3. Walk the DAG.
     outputs: dict[str, NodeOutput] = {}
     node_records: dict[str, dict] = {}
     for name in dag.order:
         node = dag.nodes[name]
         stage = impls[name]
-        fp = fingerprint(stage, node.kind, [fingerprints[i] for i in node.inputs], resolved.get(name))
-        fingerprints[name] = fp
+        fp = fingerprints[name]
         node_dir = stages_dir / name
         complete = node_dir / "_COMPLETE"
         started = time.time()
-        if complete.exists() and storage.read_json(complete).get("fingerprint") == fp:
+        if name in to_run and name not in incomplete:  # complete, but its parts were released
+            console.log(f"\\[{name}] recomputing: its parts were released (retain: outputs) and a node that runs now reads them")
+            storage.remove_tree(node_dir)
+        if name not in to_run:
             stats = storage.read_json(node_dir / "stats.json")
             record = storage.read_json(node_dir / "_record.json") if (node_dir / "_record.json").exists() else {}
             console.log(f"\\[{name}] up to date (fingerprint {fp[:12]}), skipped")
@@ -226,7 +239,7 @@ def _walk(manifest, rctx: RunContext, executor: Executor, console, *, after_node
                 hint="check the inputs and the filters' thresholds (pipeline inspect OUT --reason ... shows removed samples); set allow_empty: true in the manifest if an empty result is expected",
             )
 
-    # 3. The output node becomes <out>/data; then the lock and provenance.
+    # 4. The output node becomes <out>/data; then the lock and provenance.
     out_node = outputs[dag.output]
     export = export_dataset(
         out_node.parts,
@@ -238,11 +251,19 @@ def _walk(manifest, rctx: RunContext, executor: Executor, console, *, after_node
     write_lock(out_dir / "manifest.lock.yaml", manifest, resolved)
     write_provenance(out_dir / "provenance.json", manifest, resolved, node_records, result.export)
     console.log(f"wrote {export['rows']:,} documents to {out_dir / 'data'}")
-    # 4. What a reader needs: licenses.json, README.md + cards/, ATTRIBUTION.md, croissant.json, report.
+    # 5. What a reader needs: licenses.json, README.md + cards/, ATTRIBUTION.md, croissant.json, report.
     from pipeline.audit.cards import write_run_docs
 
     write_run_docs(out_dir, manifest, console)
+    # 6. retain: outputs: every consumer is complete and everything is published: release parts.
+    if manifest.retain == "outputs":
+        retention.release_all(out_dir, dag, console)
     return result
+
+
+def _complete(node_dir: Path, fp: str) -> bool:
+    marker = node_dir / "_COMPLETE"
+    return marker.exists() and storage.read_json(marker).get("fingerprint") == fp
 
 
 def funnel_text(dag: Dag, stats: dict[str, dict], top: int = 3) -> str:

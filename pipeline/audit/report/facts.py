@@ -21,6 +21,7 @@ import yaml
 
 from pipeline.audit.inspect import topological
 from pipeline.common.errors import PipelineError
+from pipeline.core.stage import readable_parts
 
 OUTPUT_SCOPE = "output"
 TEXT_EXCERPT = 600  # characters of a sampled document shown
@@ -125,7 +126,14 @@ def card_meta(out_dir: Path) -> dict:
 
 # ----------------------------------------------------------------------------- frames
 def _parts(out_dir: Path, node: str) -> list[Path]:
-    return sorted((out_dir / "stages" / node).glob("part-*.parquet"))
+    """The node's parts, or their summary once released (retain: outputs: no text but
+    ``text_chars``, and the text of a few documents per source)."""
+    return readable_parts(out_dir / "stages" / node)
+
+
+def _chars(lf: pl.LazyFrame) -> pl.Expr:
+    """Characters of the text: counted, or as the summary of released parts recorded them."""
+    return pl.col("text_chars") if "text_chars" in _columns(lf) else pl.col("text").str.len_chars()
 
 
 def _ledger_parts(out_dir: Path, node: str) -> list[Path]:
@@ -176,7 +184,7 @@ def funnel(out_dir: Path, nodes: list[dict]) -> pl.DataFrame:
         kept = _scan(_parts(out_dir, name))
         if kept is not None:
             frames.append(
-                kept.group_by("source").agg(pl.len().alias("docs_out"), pl.col("text").str.len_chars().sum().alias("chars_out")).with_columns(pl.lit(name).alias("node"))
+                kept.group_by("source").agg(pl.len().alias("docs_out"), _chars(kept).sum().alias("chars_out")).with_columns(pl.lit(name).alias("node"))
             )
         gone = _scan(_ledger_parts(out_dir, name))
         if gone is not None:
@@ -271,12 +279,15 @@ def kept_samples(out_dir: Path, nodes: list[dict], k: int, *, per_source: bool, 
         kept = _scan(_parts(out_dir, n["name"]))
         if kept is None or k <= 0:
             continue
+        chars = _chars(kept)
+        if "text_chars" in _columns(kept):  # a released node's summary: sample among the texts it kept
+            kept = kept.filter(pl.col("text").is_not_null())
         keys = ["source"] if per_source else []
         picked = _spread(kept.select(*keys, "id"), keys, k).collect()
         cols = _columns(kept)
         frames.append(
             kept.join(picked.lazy(), on=[*keys, "id"], how="semi")
-            .select("source", "id", pl.col("title") if "title" in cols else pl.lit(None, pl.String).alias("title"), pl.col("text").str.len_chars().alias("chars"), _excerpt())
+            .select("source", "id", pl.col("title") if "title" in cols else pl.lit(None, pl.String).alias("title"), chars.alias("chars"), _excerpt())
             .with_columns(pl.lit(n["name"]).alias("node"))
             .sort("source", "id")
             .collect(engine="streaming")
