@@ -19,14 +19,21 @@ The figures in docs/dedup.md come from ``python benchmarks/bench_dedup.py --swee
     writing and sorting its bucket files, ours reading a Parquet part and writing its work files)
     is timed too.
 (b) See ``build_corpus``: base documents from zhwiki articles (chunks), zh-sentiment reviews (groups)
-    and lid-sentences (10 sentences, 75 languages); planted copies with one edit kind each; hard
-    negatives (unrelated documents ending with the same boilerplate; splices and overlaps sharing
-    part of their text with another document, Jaccard 1/3 and 0.54-0.6). Metrics are over document
-    pairs: a pair is a true duplicate when both come from the same base document; it is predicted
-    when the stage puts both in one cluster. Each pair is attributed to the edit kind of its
-    planted copy (pairs of two copies of one base document: ``copy-copy``; pairs that must not be
-    merged: ``splice``, ``overlap``, ``unrelated``).
-(c) ``--scale N``: the whole stage on N synthetic documents (throughput, work files, memory).
+    and lid-sentences (10 sentences, 75 languages); planted copies with one edit kind each;
+    character-typo variants (``make_typos``: 0.5, 1, 2, 3, 4 or 5 % of the letters / CJK characters
+    replaced, spread through the document); hard negatives (unrelated documents ending with the same
+    boilerplate; splices and overlaps sharing part of their text with another document). Metrics are
+    over document pairs (``evaluate``): **a pair is a true near duplicate when the exact Jaccard of
+    its shingle sets** (the stage's normalization and shingles, computed here independently as
+    Python tuples) **is >= the threshold, or a chain of such pairs links the two documents**; it is
+    predicted when the stage puts both in one cluster. A planted copy whose edit brought it below
+    the threshold is not a duplicate by this definition (the tables show how many there are). Each
+    pair is attributed to the edit kind of its copy (``copy-copy``: two copies of one base document;
+    ``splice``, ``overlap``, ``unrelated`` otherwise). The default run compares the new default
+    (``verify: exact``) with the previous one (``verify: estimate``) on the same corpus; ``--sweep``
+    adds LSH shapes, thresholds, and other settings.
+(c) ``--scale N``: the whole stage on N synthetic documents (throughput, work files, memory), with
+    ``verify: exact`` and ``verify: estimate`` on the same input.
 """
 
 from __future__ import annotations
@@ -336,9 +343,51 @@ def make_edit(kind: str, text: str, rng: random.Random) -> str:
     raise ValueError(kind)
 
 
-def build_corpus(shared: Path, seed: int = 20240601, plant_share: float = 0.35, negative_share: float = 0.15, splice_share: float = 0.1) -> tuple[list[dict], dict]:
-    """Base documents (ids ``b…``), planted copies (``c…``, one edit kind each), hard negatives (base
-    documents that end with a boilerplate shared with other, unrelated documents). Deterministic."""
+def is_cjk_char(c: str) -> bool:
+    return "\u3040" <= c <= "\u9fff" or "\uac00" <= c <= "\ud7af" or "\u0e00" <= c <= "\u0eff"
+
+
+def make_typos(text: str, rng: random.Random, rate: float) -> str:
+    """Character typos spread through the document: ``rate`` of its letters and digits
+    (``str.isalnum``; CJK characters count as letters) replaced, at distinct random positions, by a
+    different character of the same class drawn from the document (CJK by CJK, other letters by
+    letters, digits by digits; drawn by frequency, so common characters are likely)."""
+    chars = list(text)
+    pos = [i for i, c in enumerate(chars) if c.isalnum()]
+    if not pos:
+        return text
+    pools = {
+        "cjk": [c for c in chars if is_cjk_char(c)],
+        "alpha": [c for c in chars if c.isalpha() and not is_cjk_char(c)],
+        "digit": [c for c in chars if c.isdigit()] + list("0123456789"),
+    }
+    k = max(1, round(rate * len(pos)))
+    for i in sorted(rng.sample(pos, min(k, len(pos)))):
+        c = chars[i]
+        pool = pools["cjk" if is_cjk_char(c) else "digit" if c.isdigit() else "alpha"]
+        for _ in range(20):
+            new = rng.choice(pool)
+            if new != c:
+                chars[i] = new
+                break
+    return "".join(chars)
+
+
+TYPO_RATES = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05)
+
+
+def typo_kind(rate: float) -> str:
+    return f"typo {rate * 100:g}%"
+
+
+TYPO_KINDS = tuple(typo_kind(r) for r in TYPO_RATES)
+COPY_KINDS = EDIT_KINDS + TYPO_KINDS
+
+
+def build_corpus(shared: Path, seed: int = 20240601, plant_share: float = 0.35, negative_share: float = 0.15, splice_share: float = 0.1, typo_share: float = 0.25) -> tuple[list[dict], dict]:
+    """Base documents (ids ``b…``), planted copies (``c…``, one edit kind each), character-typo
+    variants (``typo/…``, one rate each), hard negatives (base documents that end with a boilerplate
+    shared with other, unrelated documents), splices and overlaps. Deterministic."""
     rng = random.Random(seed)
     base: list[tuple[str, str]] = []
     for aid, text in zhwiki_articles(shared):  # zhwiki: paragraphs grouped into chunks of >= 600 characters
@@ -380,6 +429,10 @@ def build_corpus(shared: Path, seed: int = 20240601, plant_share: float = 0.35, 
             for c in range(n_copies):
                 kind = EDIT_KINDS[(i * 7 + c * 3) % len(EDIT_KINDS)]
                 docs.append({"id": f"copy{c}/{bid}", "group": bid, "kind": kind, "text": make_edit(kind, text, r)})
+        t = random.Random(f"{seed}/typo/{bid}")  # its own generator: the other copies stay as they were
+        if t.random() < typo_share:
+            rate = TYPO_RATES[t.randrange(len(TYPO_RATES))]
+            docs.append({"id": f"typo/{bid}", "group": bid, "kind": typo_kind(rate), "text": make_typos(text, t, rate)})
     # splices: the first 40-60% of one document + the end of an unrelated one of the same corpus
     # (Jaccard with either source about 1/3), and overlaps: the first 70-75% + the end of another
     # (Jaccard c / (2 - c) = 0.54-0.6 with the first, just under the 0.7 threshold). Not duplicates.
@@ -394,20 +447,33 @@ def build_corpus(shared: Path, seed: int = 20240601, plant_share: float = 0.35, 
             idb, tb = rng.choice(by_corpus[ida.rsplit("/", 1)[0]])
         kind = "splice" if s % 2 == 0 else "overlap"
         cut = rng.uniform(0.4, 0.6) if kind == "splice" else rng.uniform(0.7, 0.75)
-        docs.append({"id": f"{kind}{s}/{ida}+{idb}", "group": f"{kind}{s}", "kind": kind, "text": ta[: int(len(ta) * cut)] + tb[int(len(tb) * cut) :]})
+        docs.append({"id": f"{kind}{s}/{ida}+{idb}", "group": f"{kind}{s}", "kind": kind, "text": ta[: int(len(ta) * cut)] + tb[int(len(tb) * cut) :], "sources": (ida, idb)})
     rng.shuffle(docs)  # copies land anywhere in input order, before or after their original
     meta = {
         "base": len(unique),
         "docs": len(docs),
         "planted": sum(d["kind"] in EDIT_KINDS for d in docs),
+        "typos": sum(d["kind"] in TYPO_KINDS for d in docs),
         "negatives": sum(d["kind"] == "negative" for d in docs),
         "splices": n_splices,
     }
     return docs, meta
 
 
-def run_stage(docs: list[dict], workers: int, params: dict, parts: int = 8) -> dict[str, int]:
-    """Run the real dedup stage on ``docs``; return doc id -> predicted cluster id."""
+def write_parts(docs: list[dict], src: Path, parts: int = 8) -> None:
+    src.mkdir(parents=True, exist_ok=True)
+    for p in range(parts):
+        sub = docs[p * len(docs) // parts : (p + 1) * len(docs) // parts]
+        n = len(sub)
+        table = pa.table(
+            {"id": [d["id"] for d in sub], "source": ["bench"] * n, "license": ["CC-BY-SA-3.0"] * n, "title": [None] * n, "url": [None] * n, "timestamp": [None] * n, "revision_id": [None] * n, "text": [d["text"] for d in sub]},
+            schema=DOC_SCHEMA,
+        )
+        pq.write_table(table, src / f"part-{p:05d}.parquet")
+
+
+def run_stage(docs: list[dict], workers: int, params: dict, parts: int = 8) -> tuple[dict[str, int], dict, float]:
+    """Run the real dedup stage on ``docs``; return doc id -> predicted cluster id, the stage's stats, seconds."""
     from rich.console import Console
 
     from pipeline.core.stage import NodeContext, NodeOutput, RunContext
@@ -416,15 +482,7 @@ def run_stage(docs: list[dict], workers: int, params: dict, parts: int = 8) -> d
 
     with tempfile.TemporaryDirectory(prefix="bench-dedup-q-") as tmp:
         src = Path(tmp) / "src"
-        src.mkdir()
-        for p in range(parts):
-            sub = docs[p * len(docs) // parts : (p + 1) * len(docs) // parts]
-            n = len(sub)
-            table = pa.table(
-                {"id": [d["id"] for d in sub], "source": ["bench"] * n, "license": ["CC-BY-SA-3.0"] * n, "title": [None] * n, "url": [None] * n, "timestamp": [None] * n, "revision_id": [None] * n, "text": [d["text"] for d in sub]},
-                schema=DOC_SCHEMA,
-            )
-            pq.write_table(table, src / f"part-{p:05d}.parquet")
+        write_parts(docs, src, parts)
         console = Console(quiet=True)
         node = Path(tmp) / "node"
         with LocalExecutor(workers=workers, console=console) as ex:
@@ -443,16 +501,106 @@ def run_stage(docs: list[dict], workers: int, params: dict, parts: int = 8) -> d
     return pred, extra, elapsed
 
 
-def pair_metrics(docs: list[dict], pred: dict[str, int]) -> dict[str, dict]:
-    """Pairwise TP / FP / FN per attributed kind."""
+class ShingleTruth:
+    """Exact Jaccard of two documents' shingle sets, computed here independently of the stage's
+    hashing: the stage's normalization (``normalize_batch``) and mode (character / word), then the
+    n-grams as Python tuples of code points or words (hashed with Python's 64-bit ``hash`` to keep
+    memory small; a collision would need two distinct n-grams of one pair with equal 64-bit hashes)."""
+
+    def __init__(self, docs: list[dict], params: dict):
+        from stages.dedup import Params
+
+        p = Params(**params)
+        self.hasher = mh.MinHasher(mh.MinHashConfig(ngram=p.ngram, char_ngram=p.char_ngram, t2s=p.t2s, char_mode={"auto": "auto", True: "always", False: "never"}[p.cjk_char_ngrams], cjk_min_fraction=p.cjk_min_fraction))
+        self.text = {d["id"]: d["text"] for d in docs}
+        self.char_mode: dict[str, bool] = {}
+        ids = [d["id"] for d in docs]
+        for c in range(0, len(ids), 2000):
+            res = self.hasher.batch([self.text[i] for i in ids[c : c + 2000]])
+            self.char_mode.update(zip(ids[c : c + 2000], res.char_mode.tolist()))
+        self.sets: dict[str, np.ndarray] = {}
+        self.cache: dict[tuple[str, str], float] = {}
+
+    def shingles(self, doc: str) -> np.ndarray:
+        if doc not in self.sets:
+            cfg, h = self.hasher.cfg, self.hasher
+            cp, _ = h.normalize_batch([self.text[doc]])
+            if self.char_mode[doc]:
+                units = cp[~h.drop[cp]].tolist()
+                n = cfg.char_ngram
+            else:
+                units = cp.tobytes().decode("utf-32-le").translate({int(c): " " for c in np.unique(cp[h.drop[cp]])}).split()
+                n = cfg.ngram
+            grams = [tuple(units)] if 0 < len(units) < n else [tuple(units[i : i + n]) for i in range(len(units) - n + 1)]
+            self.sets[doc] = np.unique(np.fromiter((hash(g) for g in grams), dtype=np.int64, count=len(grams)))
+        return self.sets[doc]
+
+    def jaccard(self, a: str, b: str) -> float:
+        key = (a, b) if a < b else (b, a)
+        if key not in self.cache:
+            sa, sb = self.shingles(a), self.shingles(b)
+            inter = len(np.intersect1d(sa, sb, assume_unique=True))
+            union = len(sa) + len(sb) - inter
+            self.cache[key] = inter / union if union else 1.0
+        return self.cache[key]
+
+
+def evaluate(docs: list[dict], pred: dict[str, int], truth: ShingleTruth, threshold: float) -> dict:
+    """Pair metrics against the exact-Jaccard ground truth.
+
+    A pair of documents is a **true near duplicate** when the exact Jaccard of their shingle sets is
+    >= ``threshold``, or when a chain of such pairs links them (the stage outputs a clustering, and a
+    clustering is transitive). Jaccard is computed for every pair that could matter: documents of one
+    base document (the original, its copies, its typo variant), each splice / overlap with its two
+    sources, and every pair the stage put in one cluster (so an unplanted duplicate it finds counts
+    as a true pair when its Jaccard says so). Pairs are attributed to the edit kind of their copy
+    (``copy-copy``: two copies of one base; ``splice``, ``overlap``, ``unrelated`` otherwise)."""
     from collections import defaultdict
 
     kind_of = {d["id"]: d["kind"] for d in docs}
     group_of = {d["id"]: d["group"] for d in docs}
+    by_group, by_pred = defaultdict(list), defaultdict(list)
+    for d in docs:
+        by_group[d["group"]].append(d["id"])
+        by_pred[pred[d["id"]]].append(d["id"])
+    direct: list[tuple[str, str, str]] = []  # (copy or splice, its source, kind): the planted relations
+    measured: set[tuple[str, str]] = set()
+    for members in by_group.values():
+        for i in range(len(members)):
+            for j in range(i + 1, len(members)):
+                measured.add((members[i], members[j]))
+    for d in docs:
+        if d["kind"] in COPY_KINDS:
+            direct.append((d["id"], d["group"], d["kind"]))
+        elif "sources" in d:
+            for src, which in zip(d["sources"], ("first", "second")):
+                direct.append((d["id"], src, f"{d['kind']} ({which} source)"))
+                measured.add((d["id"], src))
+    for members in by_pred.values():
+        for i in range(len(members)):
+            for j in range(i + 1, len(members)):
+                measured.add((members[i], members[j]))
+    parent = {d["id"]: d["id"] for d in docs}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in sorted(measured):
+        if truth.jaccard(a, b) >= threshold:
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    true_of = {d["id"]: find(d["id"]) for d in docs}
+    by_true = defaultdict(list)
+    for d in docs:
+        by_true[true_of[d["id"]]].append(d["id"])
 
     def attribute(a: str, b: str) -> str:
         ka, kb = kind_of[a], kind_of[b]
-        copies = [k for k in (ka, kb) if k in EDIT_KINDS]
+        copies = [k for k in (ka, kb) if k in COPY_KINDS]
         if group_of[a] != group_of[b]:
             for k in ("overlap", "splice"):
                 if k in (ka, kb):
@@ -460,84 +608,26 @@ def pair_metrics(docs: list[dict], pred: dict[str, int]) -> dict[str, dict]:
             return "unrelated"
         if len(copies) == 2:
             return "copy-copy"
-        return copies[0]
+        return copies[0] if copies else "unrelated"
 
     counts: dict[str, dict[str, int]] = defaultdict(lambda: {"tp": 0, "fp": 0, "fn": 0})
-    by_pred, by_true = defaultdict(list), defaultdict(list)
-    for d in docs:
-        by_pred[pred[d["id"]]].append(d["id"])
-        by_true[d["group"]].append(d["id"])
     for members in by_pred.values():
         for i in range(len(members)):
             for j in range(i + 1, len(members)):
                 a, b = members[i], members[j]
-                counts[attribute(a, b)]["tp" if group_of[a] == group_of[b] else "fp"] += 1
+                counts[attribute(a, b)]["tp" if true_of[a] == true_of[b] else "fp"] += 1
     for members in by_true.values():
         for i in range(len(members)):
             for j in range(i + 1, len(members)):
                 a, b = members[i], members[j]
                 if pred[a] != pred[b]:
                     counts[attribute(a, b)]["fn"] += 1
-    return dict(counts)
-
-
-def recall_by_script(docs: list[dict], pred: dict[str, int]) -> dict[tuple[str, str], list[int]]:
-    """Planted copies found (same predicted cluster as their base document), by edit kind and script."""
-    base = {d["id"]: d for d in docs if d["kind"] in ("base", "negative")}
-    out: dict[tuple[str, str], list[int]] = {}
-    for d in docs:
-        if d["kind"] in EDIT_KINDS:
-            script = "CJK" if is_cjk(base[d["group"]]["text"]) else "other"
-            hit = out.setdefault((d["kind"], script), [0, 0])
-            hit[0] += pred[d["id"]] == pred[d["group"]]
-            hit[1] += 1
-    return out
-
-
-def true_jaccard(a: str, b: str, hasher: mh.MinHasher) -> float:
-    """Exact Jaccard of the two documents' shingle sets, as the stage defines shingles."""
-    cfg = hasher.cfg
-    res = hasher.batch([a, b])
-
-    def shingles(text: str, char_mode: bool) -> set:
-        cp, _ = hasher.normalize_batch([text])
-        if char_mode:
-            units = cp[~hasher.drop[cp]].tolist()
-            n = cfg.char_ngram
-        else:
-            units = [w for w in cp.tobytes().decode("utf-32-le").translate({int(c): " " for c in np.unique(cp[hasher.drop[cp]])}).split()]
-            n = cfg.ngram
-        if len(units) < n:
-            return {tuple(units)} if units else set()
-        return {tuple(units[i : i + n]) for i in range(len(units) - n + 1)}
-
-    sa, sb = shingles(a, bool(res.char_mode[0])), shingles(b, bool(res.char_mode[1]))
-    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
-
-
-def boundary_analysis(docs: list[dict], pred: dict[str, int], params: dict) -> dict:
-    """Misses and false merges split by the pair's exact Jaccard: on which side of the threshold they are."""
-    from stages.dedup import Params
-
-    p = Params(**params)
-    hasher = mh.MinHasher(mh.MinHashConfig(ngram=p.ngram, char_ngram=p.char_ngram, t2s=p.t2s, char_mode={"auto": "auto", True: "always", False: "never"}[p.cjk_char_ngrams], cjk_min_fraction=p.cjk_min_fraction))
-    text = {d["id"]: d["text"] for d in docs}
-    missed = [true_jaccard(text[d["group"]], d["text"], hasher) for d in docs if d["kind"] in EDIT_KINDS and pred[d["id"]] != pred[d["group"]]]
-    false = []
-    for d in docs:
-        if d["kind"] in ("splice", "overlap"):
-            src = d["id"].split("/", 1)[1].split("+")[0]
-            if pred[d["id"]] == pred[src]:
-                false.append(true_jaccard(text[src], d["text"], hasher))
-    return {
-        "threshold": p.threshold,
-        "missed": len(missed),
-        "missed_above": sum(j >= p.threshold for j in missed),
-        "missed_max": max(missed, default=float("nan")),
-        "false": len(false),
-        "false_above": sum(j >= p.threshold for j in false),
-        "false_min": min(false, default=float("nan")),
-    }
+    # each planted relation (copy vs its base, splice / overlap vs its sources) by its own Jaccard
+    rel = []
+    for a, b, kind in direct:
+        base_text = truth.text[b]
+        rel.append({"kind": kind, "script": "CJK" if is_cjk(base_text) else "other", "jaccard": truth.jaccard(a, b), "merged": pred[a] == pred[b]})
+    return {"counts": dict(counts), "relations": rel, "measured_pairs": len(measured)}
 
 
 def prf(c: dict) -> tuple[float, float, float]:
@@ -547,50 +637,77 @@ def prf(c: dict) -> tuple[float, float, float]:
     return p, r, f
 
 
-def quality(shared: Path, workers: int, params: dict, boundary: bool = False):
-    docs, meta = build_corpus(shared)
-    pred, extra, elapsed = run_stage(docs, workers, params)
-    bnd = boundary_analysis(docs, pred, params) if boundary else None
-    return meta, pair_metrics(docs, pred), extra, elapsed, recall_by_script(docs, pred), bnd
+def _sum(counts: dict, kinds) -> dict:
+    out = {"tp": 0, "fp": 0, "fn": 0}
+    for k in kinds:
+        for x in out:
+            out[x] += counts.get(k, {}).get(x, 0)
+    return out
 
 
-def print_quality(meta, counts, extra, elapsed, label: str, by_script: dict | None = None) -> float:
-    total = {"tp": 0, "fp": 0, "fn": 0}
-    for c in counts.values():
-        for k in total:
-            total[k] += c[k]
+def headline(ev: dict) -> dict:
+    counts = ev["counts"]
+    p, r, f = prf(_sum(counts, counts))
+    typo_p, typo_r, typo_f = prf(_sum(counts, TYPO_KINDS))
+    copies = [x for x in ev["relations"] if x["kind"] in COPY_KINDS]
+    found = sum(x["merged"] for x in copies) / len(copies) if copies else float("nan")
+    return {"f1": f, "precision": p, "recall": r, "typo_recall": typo_r, "typo_precision": typo_p, "copies_found": found}
+
+
+_fmt = lambda x: "n/a" if x != x else f"{x:.3f}"  # noqa: E731
+
+JACCARD_BINS = (0.0, 0.5, 0.6, 0.65, 0.68, 0.7, 0.72, 0.75, 0.8, 0.9, 1.0 + 1e-9)
+
+
+def print_quality(meta: dict, ev: dict, extra: dict, elapsed: float, label: str, threshold: float, full: bool) -> dict:
+    counts = ev["counts"]
+    total = _sum(counts, counts)
+    h = headline(ev)
+    d = extra.get("dedup", {})
     print(f"\n### {label}\n")
     print(
-        f"corpus: {meta['docs']} documents = {meta['base']} base ({meta['negatives']} of them hard negatives ending with shared boilerplate) "
-        f"+ {meta['planted']} planted copies + {meta['splices']} splices and overlaps (40-60% or 70-75% of one document + the rest of another); stage ran in {elapsed:.1f} s"
+        f"LSH {d.get('bands')} bands x {d.get('rows')} rows, threshold {d.get('threshold')}; candidate pairs {d.get('candidate_pairs')}, "
+        f"compared exactly {d.get('exact_jaccard_pairs')}, rejected by size alone {d.get('size_rejected_pairs')}, rejected in all {d.get('rejected_pairs')}; "
+        f"clusters with duplicates {d.get('clusters_with_duplicates')}; stage ran in {elapsed:.1f} s\n"
     )
-    d = extra.get("dedup", {})
-    print(f"LSH {d.get('bands')} bands x {d.get('rows')} rows, threshold {d.get('threshold')}; candidate pairs {d.get('candidate_pairs')}, rejected by verification {d.get('rejected_pairs')}, clusters with duplicates {d.get('clusters_with_duplicates')}\n")
+    print(f"**F1 {_fmt(h['f1'])}, precision {_fmt(h['precision'])}, recall {_fmt(h['recall'])}, typo recall {_fmt(h['typo_recall'])}** (TP {total['tp']}, FP {total['fp']}, FN {total['fn']})\n")
+    if not full:
+        return h
     print("| pairs attributed to | true pairs | predicted pairs | TP | FP | FN | precision | recall | F1 |")
     print("|---|---|---|---|---|---|---|---|---|")
-    order = [k for k in EDIT_KINDS if k in counts] + [k for k in ("copy-copy", "splice", "overlap", "unrelated") if k in counts]
-    for kind in order + ["all"]:
-        c = total if kind == "all" else counts[kind]
+    order = [k for k in COPY_KINDS if k in counts] + [k for k in ("copy-copy", "splice", "overlap", "unrelated") if k in counts]
+    for kind in order + ["typo (all rates)", "all"]:
+        c = total if kind == "all" else _sum(counts, TYPO_KINDS) if kind.startswith("typo (") else counts[kind]
         p, r, f = prf(c)
-        fmt = lambda x: "n/a" if x != x else f"{x:.3f}"  # noqa: E731
-        name = "**all**" if kind == "all" else kind
-        print(f"| {name} | {c['tp'] + c['fn']} | {c['tp'] + c['fp']} | {c['tp']} | {c['fp']} | {c['fn']} | {fmt(p)} | {fmt(r)} | {fmt(f)} |")
-    if by_script:
-        print("\nplanted copies found, by script of the base document (CJK: character shingles; other: word shingles)\n")
-        print("| edit kind | CJK found / planted | CJK recall | other found / planted | other recall |")
-        print("|---|---|---|---|---|")
-        for kind in EDIT_KINDS:
-            cells = []
-            for script in ("CJK", "other"):
-                hit, n = by_script.get((kind, script), [0, 0])
-                cells += [f"{hit} / {n}", f"{hit / n:.3f}" if n else "n/a"]
-            print(f"| {kind} | " + " | ".join(cells) + " |")
-    return prf(total)[2]
+        name = f"**{kind}**" if kind in ("all", "typo (all rates)") else kind
+        print(f"| {name} | {c['tp'] + c['fn']} | {c['tp'] + c['fp']} | {c['tp']} | {c['fp']} | {c['fn']} | {_fmt(p)} | {_fmt(r)} | {_fmt(f)} |")
+    rel = ev["relations"]
+    print(f"\nplanted relations (a copy or typo variant vs its base document; a splice / overlap vs each source), by the pair's exact Jaccard J and threshold t = {threshold}:\n")
+    print("| kind | script | planted | median J | J >= t | found (J >= t) | recall | J < t | merged anyway (J < t) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for kind in COPY_KINDS + tuple(f"{k} ({w} source)" for k in ("splice", "overlap") for w in ("first", "second")):
+        for script in ("CJK", "other"):
+            rows = [x for x in rel if x["kind"] == kind and x["script"] == script]
+            if not rows:
+                continue
+            above = [x for x in rows if x["jaccard"] >= threshold]
+            below = [x for x in rows if x["jaccard"] < threshold]
+            hit = sum(x["merged"] for x in above)
+            print(f"| {kind} | {script} | {len(rows)} | {np.median([x['jaccard'] for x in rows]):.3f} | {len(above)} | {hit} | {_fmt(hit / len(above) if above else float('nan'))} | {len(below)} | {sum(x['merged'] for x in below)} |")
+    print("\nthe same relations bucketed by exact Jaccard (above the threshold: recall; below it: merged share, which is 0 for a perfect stage unless a chain of true pairs links them):\n")
+    print("| exact Jaccard | pairs | merged | share merged |")
+    print("|---|---|---|---|")
+    for lo, hi in zip(JACCARD_BINS[:-1], JACCARD_BINS[1:]):
+        rows = [x for x in rel if lo <= x["jaccard"] < hi]
+        if rows:
+            m = sum(x["merged"] for x in rows)
+            print(f"| [{lo:.2f}, {min(hi, 1.0):.2f}{']' if hi > 1 else ')'} | {len(rows)} | {m} | {m / len(rows):.3f} |")
+    return h
 
 
-def scale(shared: Path, n_docs: int, workers: int, shards: int | None) -> dict:
+def scale(shared: Path, n_docs: int, workers: int, shards: int | None, configs: list[tuple[str, dict]]) -> list[dict]:
     """Throughput and memory of the whole stage on ``n_docs`` documents of 3-8 random zh reviews each
-    (10% of them planted near copies), in parts of 20,000 documents."""
+    (10% of them planted near copies), in parts of 20,000 documents; once per configuration, on the same input."""
     from rich.console import Console
 
     from pipeline.core.stage import NodeContext, NodeOutput, RunContext
@@ -620,31 +737,42 @@ def scale(shared: Path, n_docs: int, workers: int, shards: int | None) -> dict:
         )
         made += n
         part += 1
-    console = Console(quiet=True)
-    node = tmp / "node"
-    with LocalExecutor(workers=workers, console=console) as ex:
-        ctx = NodeContext(name="dedup", dir=node, inputs=[NodeOutput("src", src, "x", {})], executor=ex, run=RunContext(out_dir=tmp, cache_dir=tmp, console=console, manifest=None, progress=False))
-        tracemalloc.start()  # the main process: numpy arrays are traced too
-        t0 = time.perf_counter()
-        extra = Dedup(Params(shards=shards, keep_work=True), "dedup").run(ctx)
-        elapsed = time.perf_counter() - t0
-        main_peak = tracemalloc.get_traced_memory()[1] / 1e6
-        tracemalloc.stop()
-    work_mb = sum(f.stat().st_size for f in (node / "work").rglob("*") if f.is_file()) / 1e6
-    out = {
-        "docs": n_docs,
-        "parts": part,
-        "MB": mb,
-        "seconds": elapsed,
-        "docs_per_s": n_docs / elapsed,
-        "MB_per_s": mb / elapsed,
-        "work_MB": work_mb,
-        "main_peak_MB": main_peak,
-        "worker_peak_rss_MB": extra["dedup"]["worker_peak_rss_mb"],
-        "dedup": extra["dedup"],
-    }
+    out = []
     import shutil
 
+    for label, params in configs:
+        console = Console(quiet=True)
+        node = tmp / f"node-{len(out)}"
+        with LocalExecutor(workers=workers, console=console) as ex:
+            ctx = NodeContext(name="dedup", dir=node, inputs=[NodeOutput("src", src, "x", {})], executor=ex, run=RunContext(out_dir=tmp, cache_dir=tmp, console=console, manifest=None, progress=False))
+            tracemalloc.start()  # the main process: numpy arrays are traced too
+            t0 = time.perf_counter()
+            extra = Dedup(Params(shards=shards, keep_work=True, **params), "dedup").run(ctx)
+            elapsed = time.perf_counter() - t0
+            main_peak = tracemalloc.get_traced_memory()[1] / 1e6
+            tracemalloc.stop()
+        files = [f for f in (node / "work").rglob("*") if f.is_file()]
+        work_mb = sum(f.stat().st_size for f in files) / 1e6
+        shingle_mb = sum(f.stat().st_size for f in files if f.parent.name in ("shingles", "shoff")) / 1e6
+        removed = sum(pq.ParquetFile(f).metadata.num_rows for f in (node / "removed").glob("part-*.parquet"))
+        out.append(
+            {
+                "label": label,
+                "docs": n_docs,
+                "parts": part,
+                "MB": mb,
+                "seconds": elapsed,
+                "docs_per_s": n_docs / elapsed,
+                "MB_per_s": mb / elapsed,
+                "work_MB": work_mb,
+                "shingle_MB": shingle_mb,
+                "removed": removed,
+                "main_peak_MB": main_peak,
+                "worker_peak_rss_MB": extra["dedup"]["worker_peak_rss_mb"],
+                "dedup": extra["dedup"],
+            }
+        )
+        shutil.rmtree(node, ignore_errors=True)
     shutil.rmtree(tmp, ignore_errors=True)
     return out
 
@@ -707,36 +835,64 @@ def main() -> None:
         print("|---|---|---|---|")
         for j, bias, sd, binom in estimator_check():
             print(f"| {j:.3f} | {bias:+.4f} | {sd:.4f} | {binom:.4f} |")
-        print("\nplanted duplicates (pairwise precision / recall / F1):")
-        configs = [("defaults (threshold 0.7, verify on)", {})]
+        docs, meta = build_corpus(shared)
+        print(
+            f"\nplanted corpus: {meta['docs']} documents = {meta['base']} base ({meta['negatives']} of them hard negatives ending with shared boilerplate) "
+            f"+ {meta['planted']} planted copies + {meta['typos']} character-typo variants + {meta['splices']} splices and overlaps "
+            "(40-60% or 70-75% of one document + the rest of another); pairwise precision / recall / F1, a true pair = exact shingle Jaccard >= threshold (or a chain of such pairs)"
+        )
+        configs = [("after: defaults (verify: exact)", {}), ("before: verify: estimate (the previous default)", {"verify": "estimate"})]
         if args.sweep:
             configs += [
-                ("verify off", {"verify": False}),
+                ("verify exact, 14 bands x 8 rows", {"bands": 14}),
+                ("verify exact, 16 bands x 7 rows", {"bands": 16}),
+                ("verify exact, 56 bands x 2 rows", {"bands": 56}),
+                ("verify off (14 x 8)", {"verify": "off"}),
+                ("verify estimate, num_perm 224", {"verify": "estimate", "num_perm": 224}),
                 ("threshold 0.6", {"threshold": 0.6}),
                 ("threshold 0.8", {"threshold": 0.8}),
-                ("num_perm 224", {"num_perm": 224}),
                 ("word 5-grams (datatrove's n)", {"ngram": 5}),
-                ("word 5-grams, 14 bands x 8 rows, verify off (datatrove's setting)", {"ngram": 5, "bands": 14, "verify": False}),
             ]
-        for label, params in configs:
-            meta, counts, extra, elapsed, by_script, bnd = quality(shared, args.workers, params, boundary=not params)
-            print_quality(meta, counts, extra, elapsed, label, by_script)
-            if bnd:
-                print(
-                    f"\nexact shingle Jaccard of the errors: {bnd['missed']} planted copies not found, {bnd['missed_above']} of them with Jaccard >= {bnd['threshold']} "
-                    f"(largest {bnd['missed_max']:.3f}); {bnd['false']} splices/overlaps merged with their first source, {bnd['false_above']} of them with Jaccard >= {bnd['threshold']} "
-                    f"(smallest {bnd['false_min']:.3f})"
-                )
-    if args.scale and args.only in (None, "scale"):
-        r = scale(shared, args.scale, args.workers, args.scale_shards)
-        d = r["dedup"]
-        print(f"\n## (c) the whole stage at scale ({args.workers} workers)\n")
-        print("| docs | parts | MB | shards | bucket records | edges | duplicate clusters | union-find passes | seconds | docs/s | MB/s | work files MB | union-find arrays MB | main process peak allocations MB (tracemalloc) | largest worker peak RSS MB |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        truths: dict[tuple, ShingleTruth] = {}
+        summary = []
+        for i, (label, params) in enumerate(configs):
+            from stages.dedup import Params
+
+            p = Params(**params)
+            tkey = (p.ngram, p.char_ngram, p.t2s, p.cjk_char_ngrams, p.cjk_min_fraction)
+            if tkey not in truths:
+                truths[tkey] = ShingleTruth(docs, params)
+            pred, extra, elapsed = run_stage(docs, args.workers, params)
+            ev = evaluate(docs, pred, truths[tkey], p.threshold)
+            h = print_quality(meta, ev, extra, elapsed, label, p.threshold, full=i < 2)
+            d = extra["dedup"]
+            summary.append((label, d, h))
         print(
-            f"| {r['docs']:,} | {r['parts']} | {r['MB']:.0f} | {d['shards']} | {d['bucket_records']:,} | {d['edges']:,} | {d['clusters_with_duplicates']:,} | {d['union_find_passes']} "
-            f"| {r['seconds']:.1f} | {r['docs_per_s']:,.0f} | {r['MB_per_s']:.1f} | {r['work_MB']:.0f} | {d['union_find_array_mb']} | {r['main_peak_MB']:.1f} | {r['worker_peak_rss_MB']:.0f} |"
+            "\nall configurations (true pairs defined with each configuration's own threshold and shingles; the last column counts planted copies "
+            "and typo variants merged with their base document whatever their Jaccard, which compares shingle choices):\n"
         )
+        print("| configuration | bands x rows | candidate pairs | compared exactly | rejected | precision | recall | F1 | typo recall | planted copies found, any J |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for label, d, h in summary:
+            print(
+                f"| {label} | {d['bands']} x {d['rows']} | {d['candidate_pairs']:,} | {d.get('exact_jaccard_pairs', 0):,} | {d['rejected_pairs']:,} "
+                f"| {_fmt(h['precision'])} | {_fmt(h['recall'])} | **{_fmt(h['f1'])}** | {_fmt(h['typo_recall'])} | {_fmt(h['copies_found'])} |"
+            )
+    if args.scale and args.only in (None, "scale"):
+        runs = scale(shared, args.scale, args.workers, args.scale_shards, [("after: verify exact (default)", {}), ("before: verify estimate", {"verify": "estimate"})])
+        print(f"\n## (c) the whole stage at scale ({args.workers} workers)\n")
+        print(
+            "| verification | docs | parts | MB | shards | bucket records | candidate pairs | compared exactly | edges | removed | duplicate clusters | union-find passes "
+            "| seconds | docs/s | MB/s | CPU s: signatures / buckets tasks | work files MB | of which shingle sets MB | main process peak allocations MB (tracemalloc) | largest worker peak RSS MB |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in runs:
+            d = r["dedup"]
+            print(
+                f"| {r['label']} | {r['docs']:,} | {r['parts']} | {r['MB']:.0f} | {d['shards']} | {d['bucket_records']:,} | {d['candidate_pairs']:,} | {d.get('exact_jaccard_pairs', 0):,} "
+                f"| {d['edges']:,} | {r['removed']:,} | {d['clusters_with_duplicates']:,} | {d['union_find_passes']} "
+                f"| {r['seconds']:.1f} | {r['docs_per_s']:,.0f} | {r['MB_per_s']:.1f} | {d['signatures_cpu_s']:.1f} / {d['buckets_cpu_s']:.1f} | {r['work_MB']:.0f} | {r['shingle_MB']:.0f} | {r['main_peak_MB']:.1f} | {r['worker_peak_rss_MB']:.0f} |"
+            )
     print(f"\npeak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; load average at end {os.getloadavg()[0]:.2f}")
 
 

@@ -11,17 +11,24 @@ Phases (``docs/dedup.md`` has the details and the measured figures):
 
 1. ``signatures`` -- one task per input part: normalized exact key (xxh3-128), MinHash signature
    (``pipeline.text.minhash``), LSH band hashes. Writes, under ``work/``: the signatures
-   (``sig/``, memory-mapped later), exact keys, document ids (Arrow IPC, random access), and one
+   (``sig/``, memory-mapped later), with ``verify: exact`` every document's set of shingle hashes
+   (``shingles/`` + ``shoff/``), exact keys, document ids (Arrow IPC, random access), and one
    *bucket record* Parquet file per part (``records/``) -- (bucket hash ``h``, key ``k``) rows sorted
    by (h, k), one row per band plus one for the exact key.
 2. ``shuffle`` + ``buckets`` -- the executor's ``shuffle`` range-partitions the records on ``h``
    into shards (shard ``s`` = a range of bucket hashes, every bucket whole in one shard, sorted by
    (h, k)): the local executor reads each part's row groups in the range, the Dask executor runs a
-   ``dask.dataframe`` shuffle; the shard files are the same bytes. Then one task per shard links
-   each document to the first document of its bucket (keys ascend within a bucket; linear in the
-   bucket size, never all pairs); with ``verify`` a near edge is kept
-   only when the signatures' estimated Jaccard reaches ``threshold`` (if the first document
-   fails, the previous one in the bucket is tried), and exact edges compare the full 128-bit key.
+   ``dask.dataframe`` shuffle; the shard files are the same bytes. Then one task per shard turns
+   the buckets into edges (keys ascend within a bucket; never all pairs of a large bucket). With
+   ``verify: exact`` (default) a near pair becomes an edge only when the **exact Jaccard of the two
+   documents' shingle sets** (their distinct 32-bit shingle hashes, stored per part by phase 1)
+   reaches ``threshold`` (pairs of too different sizes, and pairs whose signatures agree on fewer
+   values than a pair at the threshold would with probability 1e-12, are dropped before reading
+   the sets); small buckets check every pair that could add a connection, large ones link by
+   leaders (``_near_edges``). With ``verify: estimate`` (the previous default) the check is
+   the signatures' estimated Jaccard and each document is linked to the first document of its
+   bucket, else the previous one; ``off`` keeps every candidate. Exact-key edges compare the full
+   128-bit key.
 3. ``clusters`` -- the executor's ``components``: connected components of the edges, every
    component labelled with its smallest key, written per input part (only the documents of
    clusters of 2 or more). The local executor runs a streamed union-find in the main process with
@@ -35,8 +42,10 @@ from __future__ import annotations
 import functools
 import json
 import math
+import mmap
 import os
 import resource
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -44,14 +53,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.common import storage
 from pipeline.core.stage import NodeContext, Stage, removed_rows
 from pipeline.exec.task_sync import ensure_local
 from pipeline.text import minhash as mh
 
-RECORDS_PER_SHARD = 2_000_000  # bucket records per shard when ``shards`` is not set (32 MB of records, ~125 MB peak per task)
+SHINGLE_BUDGET = 1_000_000  # shingles read per exact-Jaccard chunk (40-70 bytes each while comparing)
+GATE_TAIL = 1e-12  # exact verification: a pair of Jaccard >= threshold is dropped by the signature gate with at most this probability (binomial)
+ALL_PAIRS_MAX = 16  # with exact verification, near buckets of at most this many members check every pair
+MAX_LEADERS = 8  # ... larger ones link by leaders, at most this many (checks per member)
+RECORDS_PER_SHARD = 2_000_000  # bucket records per shard when ``shards`` is not set (32 MB of records; measured ~45 bytes per record at peak: ~90-100 MB per task)
 BATCH_ROWS = 4096
 CLUSTER_COLUMNS = ("dup_cluster_id", "dup_cluster_size")
 
@@ -70,11 +83,19 @@ class Params(BaseModel):
     bands: int | None = Field(None, ge=1, description="LSH bands (default: chosen from threshold)")
     rows: int | None = Field(None, ge=1, description="rows per band; bands * rows = num_perm")
     threshold: float = Field(0.7, gt=0, le=1, description="Jaccard similarity of a near duplicate: picks bands/rows, and the verification cut-off")
-    verify: bool = Field(True, description="keep a candidate pair only if its signatures' estimated Jaccard >= threshold")
+    verify: Literal["exact", "estimate", "off"] = Field(
+        "exact",
+        description="check each LSH candidate pair: exact (the exact Jaccard of the two shingle sets >= threshold), estimate (the signatures' estimate), off (keep every candidate); true = exact, false = off",
+    )
     seed: int = Field(42, description="seed of the permutations and band hashes")
     shards: int | None = Field(None, ge=1, le=65536, description="bucket shards (default: one per 2M bucket records)")
     batch_chars: int = Field(1_000_000, ge=1000, description="characters hashed per vectorized batch")
     keep_work: bool = Field(False, description="keep work/ (signatures, buckets, edges) after the node completes")
+
+    @field_validator("verify", mode="before")
+    @classmethod
+    def _verify_bool(cls, v):
+        return {True: "exact", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     @model_validator(mode="after")
     def _check(self) -> "Params":
@@ -92,9 +113,9 @@ class Params(BaseModel):
             return self.bands, self.num_perm // self.bands
         if self.rows is not None:
             return self.num_perm // self.rows, self.rows
-        # with verification a false candidate costs one signature comparison and is then dropped, while a
-        # missed candidate is lost: take the fewest bands that still catch 95% of the pairs at the threshold
-        if self.verify:
+        # with verification a false candidate costs one check and is then dropped, while a missed
+        # candidate is lost: take the fewest bands that still catch 95% of the pairs at the threshold
+        if self.verify != "off":
             shape = mh.recall_bands_rows(self.threshold, self.num_perm, 0.95)
             if shape is not None:
                 return shape
@@ -134,9 +155,7 @@ class Dedup(Stage):
         summary_path = ctx.dir / "_dedup.json"
         final_done = all((ctx.dir / "_tasks" / f"part-{i:05d}.json").exists() for i in range(len(parts)))
         if parts and not final_done:
-            sig_stats = ctx.run_tasks(
-                _signature_task, [(parts[i], i, offsets[i], cfg, str(work)) for i in range(len(parts))], desc="signatures", phase="signatures"
-            )
+            sig_stats = ctx.run_tasks(_signature_task, [(parts[i], i, offsets[i], cfg, str(work)) for i in range(len(parts))], desc="signatures", phase="signatures")
             records = sum(s["bucket_records"] for s in sig_stats)
             shards = p.shards or max(1, math.ceil(records / RECORDS_PER_SHARD))
             bounds = [(s << 64) // shards for s in range(shards)] + [1 << 64]
@@ -168,11 +187,17 @@ class Dedup(Stage):
                 "bucket_records": records,
                 "candidate_pairs": sum(s["candidates"] for s in bucket_stats),
                 "rejected_pairs": sum(s["rejected"] for s in bucket_stats),
+                "exact_jaccard_pairs": sum(s.get("exact_checked", 0) for s in bucket_stats),
+                "size_rejected_pairs": sum(s.get("size_rejected", 0) for s in bucket_stats),
+                "gate_rejected_pairs": sum(s.get("gate_rejected", 0) for s in bucket_stats),
+                "shingles_stored": sum(s.get("shingles", 0) for s in sig_stats),
                 "edges": sum(s["edges"] for s in bucket_stats),
                 "largest_bucket": max([s["largest_bucket"] for s in bucket_stats] or [0]),
                 "char_mode_documents": sum(s["char_mode"] for s in sig_stats),
                 "unkeyed_documents": sum(s["empty"] for s in sig_stats),
                 "worker_peak_rss_mb": max([s.get("worker_peak_rss_mb", 0) for s in sig_stats + bucket_stats] or [0]),
+                "signatures_cpu_s": round(sum(s.get("cpu_s", 0) for s in sig_stats), 2),
+                "buckets_cpu_s": round(sum(s.get("cpu_s", 0) for s in bucket_stats), 2),
                 **cluster_stats,
             }
             storage.atomic_write_json(summary_path, summary)
@@ -250,9 +275,71 @@ class _Lookup:
             if kind == "ids":
                 with pa.memory_map(str(ensure_local(_wpath(self.work, "ids", part, ".arrow")))) as source:
                     self._cache[key] = pa.ipc.open_file(source).read_all().column(0)
+            elif kind == "shingles":  # (the map, its uint32 view): the map is released after each read (below)
+                path = ensure_local(_wpath(self.work, "shingles", part, ".u32"))
+                if path.stat().st_size:
+                    with open(path, "rb") as fh:
+                        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                    self._cache[key] = (mapped, np.frombuffer(mapped, dtype=np.uint32))
+                else:
+                    self._cache[key] = (None, np.zeros(0, np.uint32))
             else:
                 self._cache[key] = np.load(ensure_local(_wpath(self.work, kind, part, ".npy")), mmap_mode="r")
         return self._cache[key]
+
+    def shingle_counts(self, keys: np.ndarray) -> np.ndarray:
+        """Distinct shingles of each document (int64), from the per-part offset arrays."""
+        keys = np.asarray(keys, dtype=np.int64)
+        out = np.zeros(len(keys), np.int64)
+        parts = self.part_of(keys)
+        for part in np.unique(parts).tolist():
+            sel = parts == part
+            local = keys[sel] - self.offsets[part]
+            off = self._open("shoff", part)
+            out[sel] = np.asarray(off[local + 1]) - np.asarray(off[local])
+        return out
+
+    def shingle_sets(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The shingle sets of ``keys`` (distinct, ascending per document), one after the other in
+        the order of ``keys``, and their offsets (len(keys) + 1). Read from the memory maps in file order."""
+        keys = np.asarray(keys, dtype=np.int64)
+        counts = self.shingle_counts(keys)
+        offsets = np.zeros(len(keys) + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        flat = np.empty(int(offsets[-1]), np.uint32)
+        parts = self.part_of(keys)
+        for part in np.unique(parts).tolist():
+            sel = np.flatnonzero(parts == part)
+            local = keys[sel] - self.offsets[part]
+            src = np.asarray(self._open("shoff", part)[local])
+            order = np.argsort(src, kind="stable")
+            sel, src = sel[order], src[order]
+            src_idx = mh.segment_ranges(src, counts[sel])
+            if len(src_idx):
+                mapped, values = self._open("shingles", part)
+                flat[mh.segment_ranges(offsets[sel], counts[sel])] = values[src_idx]
+                if hasattr(mmap, "MADV_DONTNEED"):  # the pages read leave the worker's RSS (they stay in the page cache)
+                    mapped.madvise(mmap.MADV_DONTNEED)
+        return flat, offsets
+
+    def exact_jaccard(self, a: np.ndarray, b: np.ndarray, budget: int = SHINGLE_BUDGET) -> np.ndarray:
+        """Exact Jaccard of the shingle sets of the document pairs (a[i], b[i]), in chunks of pairs
+        whose sets hold about ``budget`` shingles together (bounded memory: ~40 bytes per shingle)."""
+        a = np.asarray(a, dtype=np.int64)
+        b = np.asarray(b, dtype=np.int64)
+        out = np.zeros(len(a), np.float64)
+        if not len(a):
+            return out
+        cost = np.cumsum(self.shingle_counts(a) + self.shingle_counts(b))
+        start = 0
+        while start < len(a):
+            end = max(start + 1, int(np.searchsorted(cost, (cost[start - 1] if start else 0) + budget, side="right")))
+            uniq, inv = np.unique(np.concatenate([a[start:end], b[start:end]]), return_inverse=True)
+            flat, offsets = self.shingle_sets(uniq)
+            k = end - start
+            out[start:end] = mh.exact_jaccard(flat, offsets, inv[:k], inv[k:])
+            start = end
+        return out
 
     def part_of(self, keys: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.offsets, keys, side="right") - 1
@@ -287,6 +374,7 @@ class _Lookup:
 
 # ------------------------------------------------------------------------------------ phase 1
 def _signature_task(part_path: str, part_index: int, offset: int, cfg: dict, work: str) -> dict:
+    cpu0 = time.process_time()
     hasher = _hasher(json.dumps(cfg, sort_keys=True))
     pf = pq.ParquetFile(part_path)
     n = pf.metadata.num_rows
@@ -295,6 +383,13 @@ def _signature_task(part_path: str, part_index: int, offset: int, cfg: dict, wor
     sig_path.parent.mkdir(parents=True, exist_ok=True)
     sig_tmp = sig_path.with_name(f".{sig_path.name}.tmp-{os.getpid()}")
     sig = np.lib.format.open_memmap(sig_tmp, mode="w+", dtype=np.uint32, shape=(n, K))  # on disk, not in RAM
+    with_shingles = cfg["near"] and cfg["verify"] == "exact"
+    if with_shingles:  # every document's distinct shingle hashes, appended batch by batch (never all in RAM)
+        sh_path = _wpath(work, "shingles", part_index, ".u32")
+        sh_path.parent.mkdir(parents=True, exist_ok=True)
+        sh_tmp = sh_path.with_name(f".{sh_path.name}.tmp-{os.getpid()}")
+        sh_file = open(sh_tmp, "wb")
+        sh_counts = np.zeros(n, np.int64)
     exact = np.zeros((n, 2), np.uint64)
     has = np.zeros(n, bool)
     empty = np.zeros(n, bool)
@@ -312,9 +407,12 @@ def _signature_task(part_path: str, part_index: int, offset: int, cfg: dict, wor
             while end < len(texts) and (end == start or size + len(texts[end]) <= cfg["batch_chars"]):
                 size += len(texts[end])
                 end += 1
-            res = hasher.batch(texts[start:end])
+            res = hasher.batch(texts[start:end], shingles=with_shingles)
             sl = slice(row + start, row + end)
             sig[sl], exact[sl], has[sl], empty[sl], char_mode[sl] = res.sig, res.exact, res.has_shingles, res.empty, res.char_mode
+            if with_shingles:
+                sh_file.write(res.shingles.tobytes())
+                sh_counts[sl] = res.shingle_counts
             if cfg["near"]:
                 bands[sl] = hasher.band_hashes(res.sig)
             chars += size
@@ -337,6 +435,12 @@ def _signature_task(part_path: str, part_index: int, offset: int, cfg: dict, wor
     sig.flush()
     del sig
     os.replace(sig_tmp, sig_path)
+    if with_shingles:
+        sh_file.close()
+        sh_off = np.zeros(n + 1, np.int64)
+        np.cumsum(sh_counts, out=sh_off[1:])
+        _save_npy(_wpath(work, "shoff", part_index, ".npy"), sh_off)
+        os.replace(sh_tmp, sh_path)
     _save_npy(_wpath(work, "exact", part_index, ".npy"), exact)
     _save_npy(_wpath(work, "flags", part_index, ".npy"), (empty.astype(np.uint8) | (has.astype(np.uint8) << 1) | (char_mode.astype(np.uint8) << 2)))
     storage.write_parquet(pa.table({"h": h[order], "k": k[order]}), _wpath(work, "records", part_index, ".parquet"))
@@ -347,7 +451,16 @@ def _signature_task(part_path: str, part_index: int, offset: int, cfg: dict, wor
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, id_table.schema) as writer:
         writer.write_table(id_table)
     os.replace(tmp, id_path)
-    return {"docs": n, "chars": chars, "bucket_records": int(len(h)), "char_mode": int(char_mode.sum()), "empty": int(empty.sum()), "worker_peak_rss_mb": _peak_rss_mb()}
+    return {
+        "docs": n,
+        "chars": chars,
+        "bucket_records": int(len(h)),
+        "char_mode": int(char_mode.sum()),
+        "empty": int(empty.sum()),
+        "shingles": int(sh_counts.sum()) if with_shingles else 0,
+        "cpu_s": time.process_time() - cpu0,
+        "worker_peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def _peak_rss_mb() -> float:
@@ -365,6 +478,7 @@ def _peak_rss_mb() -> float:
 
 # ------------------------------------------------------------------------------------ phase 2
 def _bucket_task(shard: int, shard_path: str, offsets: list[int], cfg: dict, work: str) -> dict:
+    cpu0 = time.process_time()
     # the executor's shuffle gathered every record of this range of bucket hashes, sorted by
     # (hash, key): within a bucket, keys ascend, whichever executor or worker count did it
     records = pq.read_table(shard_path)
@@ -377,36 +491,76 @@ def _bucket_task(shard: int, shard_path: str, offsets: list[int], cfg: dict, wor
         first[1:] = h[1:] != h[:-1]
     starts = np.flatnonzero(first)
     largest = int(np.diff(np.append(starts, m)).max()) if m else 0
-    member = np.flatnonzero(~first)
-    group_first = np.maximum.accumulate(np.where(first, np.arange(m), 0))
-    u = k[member]
-    v = k[group_first[member]]
-    prev = k[member - 1]
-    is_exact = (h[member] & np.uint64(1)).astype(bool)
-    del h, group_first
+    del starts
+    exact_rec = (h & np.uint64(1)).astype(bool)  # whole buckets: exact-key buckets have the low bit 1
+    del h
 
     look = _Lookup(work, offsets)
     verify_near = cfg["verify"]
+    threshold = cfg["threshold"]
+    checked = [0, 0, 0]  # near pairs: compared exactly, rejected by their sizes alone, by the signature gate
+    gate = mh.signature_gate(cfg["num_perm"], threshold, GATE_TAIL) if verify_near == "exact" else 0
 
     def accept(a: np.ndarray, b: np.ndarray, exact_pair: np.ndarray) -> np.ndarray:
+        """Which candidate pairs (a[i], b[i]) become edges. A pair met in several bands of this shard is checked once."""
+        if len(a) < 2 or offsets[-1] > 1 << 32:
+            return check(a, b, exact_pair)
+        out = np.zeros(len(a), bool)
+        for flag in (True, False):
+            sel = np.flatnonzero(exact_pair == flag)
+            if len(sel):
+                pair, inv = np.unique((a[sel].astype(np.uint64) << np.uint64(32)) | b[sel].astype(np.uint64), return_inverse=True)
+                ua, ub = (pair >> np.uint64(32)).astype(np.int64), (pair & np.uint64(0xFFFFFFFF)).astype(np.int64)
+                out[sel] = check(ua, ub, np.full(len(pair), flag))[inv]
+        return out
+
+    def check(a: np.ndarray, b: np.ndarray, exact_pair: np.ndarray) -> np.ndarray:
         ok = np.ones(len(a), bool)
         if exact_pair.any():
             ea, eb = look.rows("exact", a[exact_pair]), look.rows("exact", b[exact_pair])
             ok[exact_pair] = (ea == eb).all(axis=1)
         near_pair = ~exact_pair
-        if verify_near and near_pair.any():
+        if verify_near == "exact" and near_pair.any():
+            idx = np.flatnonzero(near_pair)
+            ca, cb = look.shingle_counts(a[idx]), look.shingle_counts(b[idx])
+            # |A & B| / |A | B| <= min / max: pairs of very different sizes fail without reading their sets
+            fits = np.minimum(ca, cb) >= threshold * np.maximum(ca, cb) - 1e-9
+            ok[idx[~fits]] = False
+            checked[1] += int((~fits).sum())
+            idx = idx[fits]
+            if gate > 0:  # far below the threshold by the signatures: a pair >= threshold lands here with probability <= GATE_TAIL
+                far = np.zeros(len(idx), bool)
+                for c0 in range(0, len(idx), 65536):
+                    sel = idx[c0 : c0 + 65536]
+                    far[c0 : c0 + 65536] = (look.rows("sig", a[sel]) == look.rows("sig", b[sel])).sum(axis=1) < gate
+                ok[idx[far]] = False
+                checked[2] += int(far.sum())
+                idx = idx[~far]
+            checked[0] += len(idx)
+            ok[idx] = look.exact_jaccard(a[idx], b[idx]) >= threshold - 1e-12
+        elif verify_near == "estimate" and near_pair.any():
             idx = np.flatnonzero(near_pair)
             for c0 in range(0, len(idx), 65536):  # bounded memory: 2 x 65536 signatures at a time
                 sel = idx[c0 : c0 + 65536]
                 est = mh.estimate_jaccard(look.rows("sig", a[sel]), look.rows("sig", b[sel]))
-                ok[sel] = est >= cfg["threshold"] - 1e-9
+                ok[sel] = est >= threshold - 1e-9
         return ok
 
-    ok = accept(u, v, is_exact)
-    retry = np.flatnonzero(~ok & (prev != v))
-    ok2 = accept(u[retry], prev[retry], is_exact[retry]) if len(retry) else np.zeros(0, bool)
-    eu = np.concatenate([u[ok], u[retry][ok2]])
-    ev = np.concatenate([v[ok], prev[retry][ok2]])
+    if verify_near == "exact":  # exact-key buckets: first, else previous member; near buckets: _near_edges
+        xu, xv, candidates, x_checks, rescued = _first_or_previous(k[exact_rec], first[exact_rec], np.ones(int(exact_rec.sum()), bool), accept)
+        near = ~exact_rec
+        del exact_rec
+        kn, fn = k[near], first[near]
+        del k, first, near
+        candidates += len(kn) - int(fn.sum())
+        nu, nv, n_checks, rounds = _near_edges(kn, fn, lambda a, b: accept(a, b, np.zeros(len(a), bool)))
+        del kn, fn
+        eu, ev = np.concatenate([xu, nu]), np.concatenate([xv, nv])
+        checks = x_checks + n_checks
+    else:
+        eu, ev, candidates, checks, rescued = _first_or_previous(k, first, exact_rec, accept)
+        rounds = 1
+    rejected = checks - len(eu)
     edges = np.stack([eu, ev], axis=1) if len(eu) else np.zeros((0, 2), np.int64)
     if len(edges):
         edges = np.unique(edges, axis=0)
@@ -414,13 +568,119 @@ def _bucket_task(shard: int, shard_path: str, offsets: list[int], cfg: dict, wor
     storage.write_parquet(pa.table({"u": edges[:, 0], "v": edges[:, 1]}), Path(work) / "edges" / f"shard-{shard:05d}.parquet")
     return {
         "records": int(m),
-        "candidates": int(len(u)),
-        "rejected": int(len(u) - ok.sum()),
-        "rescued": int(ok2.sum()),
+        "candidates": int(candidates),
+        "checks": int(checks),
+        "rejected": int(rejected),
+        "rescued": int(rescued),
+        "leader_rounds": int(rounds),
+        "exact_checked": checked[0],
+        "size_rejected": checked[1],
+        "gate_rejected": checked[2],
         "edges": int(len(edges)),
         "largest_bucket": largest,
+        "cpu_s": time.process_time() - cpu0,
         "worker_peak_rss_mb": _peak_rss_mb(),
     }
+
+
+def _first_or_previous(k: np.ndarray, first: np.ndarray, exact_rec: np.ndarray, accept) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    """Edges of buckets linking each member to the first document of its bucket, else (when that
+    check fails) to the previous member: one or two checks per member. Used for exact-key buckets,
+    and for near buckets when the check is the signatures' estimate or nothing (a noisy check made
+    more often would merge more pairs below the threshold). Returns (u, v, members, checks, rescued)."""
+    m = len(k)
+    member = np.flatnonzero(~first)
+    group_first = np.maximum.accumulate(np.where(first, np.arange(m), 0))
+    u = k[member]
+    v = k[group_first[member]]
+    prev = k[member - 1]
+    is_exact = exact_rec[member]
+    del group_first, member
+    ok = accept(u, v, is_exact)
+    retry = np.flatnonzero(~ok & (prev != v))
+    ok2 = accept(u[retry], prev[retry], is_exact[retry]) if len(retry) else np.zeros(0, bool)
+    eu = np.concatenate([u[ok], u[retry][ok2]])
+    ev = np.concatenate([v[ok], prev[retry][ok2]])
+    return eu, ev, len(u), len(u) + len(retry), int(ok2.sum())
+
+
+def _near_edges(k: np.ndarray, first: np.ndarray, accept, all_pairs_max: int = ALL_PAIRS_MAX, max_leaders: int = MAX_LEADERS) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Edges of the near buckets of a shard, for the exact check (which never accepts a pair below
+    the threshold, so checking more pairs only finds more true ones).
+
+    ``k``: the keys of the records, bucket after bucket, ascending within each (``first`` marks the
+    first record of a bucket). **A bucket of at most ``all_pairs_max`` members** checks every member
+    against its first document, then every pair of the other members of which at least one did not
+    match the first (two that both matched it are connected through it already): its edges connect
+    exactly what checking all its pairs would. A bucket whose members all match its first document
+    costs one check per member; one of unrelated documents, every pair (at most
+    (all_pairs_max - 1) / 2 checks per member). **A larger bucket** (many copies of one text, or a
+    crowded band) links by *leaders*: its first member is the first leader and every later member is
+    checked against it; the next leader is the first member that matched no leader so far, and every
+    member after it is checked against it, and so on, up to ``max_leaders`` (checks per member).
+    Linking each member to the first document, else to the previous one (``_first_or_previous``),
+    misses pairs: in [A, B, C] with C ~ A and C ~ B but B !~ A, C is linked to A at once and B,
+    which only tried A, stays alone. Each step is one vectorized ``accept`` over all buckets of
+    the shard. Returns (u, v, checks, leader rounds)."""
+    m = len(k)
+    empty = np.zeros(0, np.int64)
+    if m < 2:
+        return empty, empty, 0, 0
+    it = np.int32 if m < 2**31 - 1 else np.int64  # positions in the shard
+    pos = np.arange(m, dtype=it)
+    bucket = np.cumsum(first, dtype=it) - 1
+    start = np.flatnonzero(first).astype(it)
+    size = np.diff(np.append(start, it(m)))
+    eu: list[np.ndarray] = []
+    ev: list[np.ndarray] = []
+    checks = rounds = 0
+    matched = np.zeros(m, bool)
+    # small buckets: every member against the first; then every pair of the others of which one
+    # did not match the first (two members that both matched it are connected through it already)
+    rank = pos - start[bucket]
+    small = size[bucket] <= all_pairs_max
+    sel = np.flatnonzero(small & (rank > 0))
+    if len(sel):
+        lead0 = start[bucket[sel]]
+        ok = accept(k[sel], k[lead0])
+        checks += len(sel)
+        eu.append(k[sel][ok])
+        ev.append(k[lead0][ok])
+        matched[sel[ok]] = True
+        open_bucket = np.zeros(len(start), bool)
+        open_bucket[bucket[sel[~ok]]] = True
+        sel = np.flatnonzero(small & (rank > 1) & open_bucket[bucket])
+        later = np.repeat(sel, rank[sel] - 1)
+        earlier = mh.segment_ranges(start[bucket[sel]] + 1, rank[sel] - 1)
+        need = ~matched[later] | ~matched[earlier]
+        later, earlier = later[need], earlier[need]
+        if len(later):
+            ok = accept(k[later], k[earlier])
+            checks += len(later)
+            eu.append(k[later][ok])
+            ev.append(k[earlier][ok])
+    # large buckets: leaders
+    lead = np.where(size > all_pairs_max, start, -1)  # current leader position per bucket; -1: done
+    while rounds < max_leaders:
+        cur = lead[bucket]
+        act = np.flatnonzero((cur >= 0) & (pos > cur))
+        if not len(act):
+            break
+        rounds += 1
+        leader = cur[act]
+        ok = accept(k[act], k[leader])
+        checks += len(act)
+        eu.append(k[act][ok])
+        ev.append(k[leader][ok])
+        matched[act[ok]] = True
+        lead = np.full(len(lead), -1, lead.dtype)
+        rest = act[~matched[act]]  # ascending: the first one of each bucket is its next leader
+        if len(rest):
+            b, at = np.unique(bucket[rest], return_index=True)
+            lead[b] = rest[at]
+    if not eu:
+        return empty, empty, checks, rounds
+    return np.concatenate(eu), np.concatenate(ev), checks, rounds
 
 
 # ------------------------------------------------------------------------------------ phase 3
@@ -473,16 +733,21 @@ def _final_task(part_path: str, part_index: int, offsets: list[int], cfg: dict, 
     gone = np.flatnonzero(~keep)
     dropped = table.take(pa.array(gone, pa.int64()))
     look = _Lookup(work, offsets)
+    exact_jaccard = cfg["near"] and cfg["verify"] == "exact"
+    jaccard_kind = "exact, of the shingle sets" if exact_jaccard else "estimated from MinHash signatures"
     kroot = root[gone]
     kept_ids = look.ids(kroot)
     if len(gone):
         own_exact = np.load(ensure_local(_wpath(work, "exact", part_index, ".npy")), mmap_mode="r")[gone]
         is_exact = (own_exact == look.rows("exact", kroot)).all(axis=1) & cfg["exact"]
-        own_sig = np.load(ensure_local(_wpath(work, "sig", part_index, ".npy")), mmap_mode="r")
-        jac = np.empty(len(gone))
-        for c0 in range(0, len(gone), 65536):
-            sl = slice(c0, c0 + 65536)
-            jac[sl] = mh.estimate_jaccard(np.asarray(own_sig[gone[sl]]), look.rows("sig", kroot[sl]))
+        if exact_jaccard:  # against the kept document (it may differ from the one the pair was verified with)
+            jac = look.exact_jaccard(keys[gone], kroot)
+        else:
+            own_sig = np.load(ensure_local(_wpath(work, "sig", part_index, ".npy")), mmap_mode="r")
+            jac = np.empty(len(gone))
+            for c0 in range(0, len(gone), 65536):
+                sl = slice(c0, c0 + 65536)
+                jac[sl] = mh.estimate_jaccard(np.asarray(own_sig[gone[sl]]), look.rows("sig", kroot[sl]))
     else:
         is_exact = np.zeros(0, bool)
         jac = np.zeros(0)
@@ -502,7 +767,7 @@ def _final_task(part_path: str, part_index: int, offsets: list[int], cfg: dict, 
                 "kept_id": kept_ids[i],
                 "match": kind,
                 "jaccard": 1.0 if is_exact[i] else round(float(jac[i]), 4),
-                "jaccard_kind": "exact key" if is_exact[i] else "estimated from MinHash signatures",
+                "jaccard_kind": "exact key" if is_exact[i] else jaccard_kind,
             }
         )
     removed = removed_rows(dropped, node, reasons, signals)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from pathlib import Path
@@ -179,6 +180,98 @@ def test_batching_does_not_change_signatures():
         assert (alone.sig[0] == together.sig[i]).all() and (alone.exact[0] == together.exact[i]).all()
 
 
+def char_shingles(text: str, n: int = 5) -> set[str]:
+    """Character n-grams of a zh_text/edit document as the stage normalizes it (its punctuation dropped)."""
+    s = "".join(c for c in text if c not in "，。；！？")
+    return {s[i : i + n] for i in range(len(s) - n + 1)}
+
+
+def true_jaccard(a: str, b: str) -> float:
+    sa, sb = char_shingles(a), char_shingles(b)
+    return len(sa & sb) / len(sa | sb)
+
+
+def test_shingle_sets_and_exact_jaccard_match_python_sets():
+    h = mh.MinHasher(mh.MinHashConfig())
+    base = [zh_text(40 + i, 20) for i in range(4)]
+    texts = base + [edit(t, i, 3 * i + 1) for i, t in enumerate(base)] + [en_text(1, 50), en_text(1, 50).replace("ly", "ed"), "中文", "", "。！"]
+    res = h.batch(texts, shingles=True)
+    plain = h.batch(texts)
+    assert (res.sig == plain.sig).all() and plain.shingles is None  # the sets change nothing else
+    offsets = np.concatenate([[0], np.cumsum(res.shingle_counts)])
+    assert offsets[-1] == len(res.shingles)
+    for d, t in enumerate(texts[:8]):
+        seg = res.shingles[offsets[d] : offsets[d + 1]]
+        assert (np.diff(seg.astype(np.int64)) > 0).all()  # distinct, ascending
+        assert len(seg) == len(char_shingles(t))  # one hash per distinct 5-gram (no collision here)
+    assert res.shingle_counts[10] == 1 and res.shingle_counts[11] == 0 and res.shingle_counts[12] == 0  # short: one shingle; empty: none
+    a = np.array([0, 1, 2, 3, 8, 0, 10])
+    b = np.array([4, 5, 6, 7, 9, 0, 10])
+    got = mh.exact_jaccard(res.shingles, offsets, a, b)
+    for i in range(4):
+        assert got[i] == pytest.approx(true_jaccard(texts[i], texts[i + 4]), abs=1e-12)
+    words = [set(zip(*(t.split()[k:] for k in range(3)))) for t in texts[8:10]]
+    assert got[4] == pytest.approx(len(words[0] & words[1]) / len(words[0] | words[1]), abs=1e-12)
+    assert got[5] == 1.0 and got[6] == 1.0
+    # a set shared by many pairs, in any order of the pairs
+    pairs = [(3, 0), (0, 1), (0, 4), (0, 2), (7, 3)]
+    many = mh.exact_jaccard(res.shingles, offsets, np.array([x for x, _ in pairs]), np.array([y for _, y in pairs]))
+    assert many.tolist() == pytest.approx([true_jaccard(texts[x], texts[y]) for x, y in pairs], abs=1e-12)
+
+
+def _bucket_edges(buckets: list[list[int]], good: set[tuple[int, int]], **kw) -> set[tuple[int, int]]:
+    """Run the near-bucket linking on buckets of keys (each ascending) with a check that accepts the pairs in ``good``."""
+    k = np.array([x for b in buckets for x in b], np.int64)
+    first = np.array([i == 0 for b in buckets for i in range(len(b))], bool)
+    calls = []
+
+    def accept(u, v):
+        calls.append(len(u))
+        return np.array([(min(x, y), max(x, y)) in good for x, y in zip(u.tolist(), v.tolist())], bool)
+
+    u, v, checks, _ = dd._near_edges(k, first, accept, **kw)
+    assert checks == sum(calls)
+    return {(min(x, y), max(x, y)) for x, y in zip(u.tolist(), v.tolist())}
+
+
+def test_near_buckets_check_every_pair_or_every_leader():
+    # small buckets: every pair. Linking each member to the first document, else the previous one,
+    # missed (a benchmark case) [copy1, copy0, base] with base ~ copy1 and base ~ copy0 but copy0 !~ copy1:
+    # base was linked to copy1 at once and never compared with copy0, and copy0 only tried copy1 ...
+    assert _bucket_edges([[10, 20, 30]], {(10, 30), (20, 30)}) == {(10, 30), (20, 30)}
+    # ... and [A, B, C, D] with D ~ B only: D tried A, then C. Leaders alone would miss [copy1, base,
+    # copy0] with base ~ copy1 and copy0 ~ base only (another benchmark case): base is no leader
+    assert _bucket_edges([[10, 20, 30, 40]], {(20, 40)}) == {(20, 40)}
+    assert _bucket_edges([[10, 20, 30]], {(10, 20), (20, 30)}) == {(10, 20), (20, 30)}
+    assert _bucket_edges([[1, 2, 3], [5, 6]], {(1, 2), (1, 3), (5, 6)}) == {(1, 2), (1, 3), (5, 6)}
+    # large buckets: leaders; every member is checked against every leader before it
+    big = list(range(100, 140))
+    good = {(100, x) for x in range(101, 120)} | {(120, x) for x in range(121, 140)} | {(105, 125)}
+    edges = _bucket_edges([big, [1, 2]], good | {(1, 2)}, all_pairs_max=4, max_leaders=8)
+    assert {(100, x) for x in range(101, 120)} | {(120, x) for x in range(121, 140)} | {(1, 2)} <= edges
+    # a bucket of 40 copies of one text costs one check per member
+    k = np.arange(40, dtype=np.int64)
+    first = np.zeros(40, bool)
+    first[0] = True
+    u, v, checks, rounds = dd._near_edges(k, first, lambda a, b: np.ones(len(a), bool), all_pairs_max=16)
+    assert checks == 39 and rounds == 1 and set(v.tolist()) == {0}
+    # at most max_leaders checks per member when nothing matches
+    u, v, checks, rounds = dd._near_edges(k, first, lambda a, b: np.zeros(len(a), bool), all_pairs_max=16, max_leaders=3)
+    assert rounds == 3 and checks == 39 + 38 + 37 and len(u) == 0
+
+
+def test_signature_gate_is_a_binomial_tail():
+    from math import comb
+
+    def below(c: int, k: int, p: float) -> float:  # P(Binomial(k, p) < c)
+        return sum(comb(k, i) * p**i * (1 - p) ** (k - i) for i in range(c))
+
+    for k, t, tail in ((112, 0.7, 1e-12), (112, 0.8, 1e-9), (224, 0.7, 1e-12), (16, 0.7, 1e-12)):
+        c = mh.signature_gate(k, t, tail)
+        assert below(c, k, t) <= tail < below(c + 1, k, t)
+    assert mh.signature_gate(112, 0.7, 1e-12) == 42 and mh.signature_gate(16, 0.7, 1e-12) == 0
+
+
 def test_optimal_bands_rows():
     assert mh.optimal_bands_rows(0.7, 112) == (14, 8)
     b, r = mh.optimal_bands_rows(0.7, 112, 0.2, 0.8)
@@ -220,6 +313,10 @@ def test_params_validation():
     assert dd.Params(bands=28).lsh_shape() == (28, 4) and dd.Params(rows=8).lsh_shape() == (14, 8)
     assert dd.Params().lsh_shape() == (28, 4)  # verification on: recall-oriented S-curve
     assert dd.Params(verify=False).lsh_shape() == (14, 8)
+    assert dd.Params().verify == dd.Params(verify=True).verify == "exact" and dd.Params(verify=False).verify == "off"
+    assert dd.Params(verify="estimate").lsh_shape() == (28, 4) and dd.Params(verify="off").lsh_shape() == (14, 8)
+    with pytest.raises(ValidationError):
+        dd.Params(verify="signatures")
 
 
 # ---------------------------------------------------------------------------------- stage tests
@@ -286,6 +383,51 @@ def test_unrelated_chinese_articles_sharing_boilerplate_not_merged(tmp_path):
     assert res["kept"]["dup_cluster_size"].to_pylist() == [1] * 30
     res = run_dedup(tmp_path / "noverify", [inp], verify=False)
     assert res["removed"].num_rows == 0
+
+
+@functools.lru_cache(maxsize=1)
+def threshold_pairs() -> dict[str, tuple[str, str, float, float]]:
+    """Two planted pairs whose 112-permutation estimate falls on the wrong side of 0.7, found by a
+    deterministic search over seeds: ``above`` has a true Jaccard in [0.72, 0.8] and an estimate
+    below 0.7; ``below`` a true Jaccard in [0.62, 0.69) and an estimate of 0.7 or more. Both share
+    an LSH band at the default 28 x 4 shape (they are candidates). Returns (base, copy, true J, estimate)."""
+    hasher = mh.MinHasher(mh.MinHashConfig(bands=28, rows=4))  # the stage's defaults (seed 42): same signatures
+    found: dict[str, tuple[str, str, float, float]] = {}
+    for seed in range(1000, 1400):
+        base = zh_text(seed, 40)
+        for n in (20, 24, 28, 32, 36):
+            copy = edit(base, seed, n)
+            j = true_jaccard(base, copy)
+            res = hasher.batch([base, copy])
+            est = float(mh.estimate_jaccard(res.sig[:1], res.sig[1:])[0])
+            bands = hasher.band_hashes(res.sig)
+            if not (bands[0] == bands[1]).any():
+                continue
+            if "above" not in found and 0.72 <= j <= 0.8 and est < 0.7:
+                found["above"] = (base, copy, j, est)
+            if "below" not in found and 0.62 <= j < 0.69 and est >= 0.7:
+                found["below"] = (base, copy, j, est)
+        if len(found) == 2:
+            return found
+    raise AssertionError("no seed found")
+
+
+def test_pairs_at_the_threshold_are_decided_by_their_exact_jaccard(tmp_path):
+    """A true Jaccard above the threshold merges, below it does not, whatever the signatures' estimate
+    says (the previous check compared the 112-permutation estimate, sd ~0.045, with the threshold)."""
+    pairs = threshold_pairs()
+    (a_base, a_copy, a_j, a_est), (b_base, b_copy, b_j, b_est) = pairs["above"], pairs["below"]
+    assert a_j >= 0.72 and a_est < 0.7 and b_j < 0.69 and b_est >= 0.7
+    others = [(f"o{i}", zh_text(2000 + i, 30)) for i in range(6)]
+    inp = write_parts(tmp_path / "in", [[("above", a_base), ("below", b_base)] + others[:3], others[3:] + [("below-copy", b_copy), ("above-copy", a_copy)]])
+    res = run_dedup(tmp_path / "dedup", [inp], workers=2)
+    assert reasons(res) == {"above-copy": "dedup:near dup of above"}
+    (sig,) = [json.loads(x) for x in res["removed"]["signals"].to_pylist()]
+    assert sig["jaccard_kind"] == "exact, of the shingle sets" and sig["jaccard"] == pytest.approx(a_j, abs=1e-4)
+    assert res["extra"]["dedup"]["bands"] == 28 and res["extra"]["dedup"]["exact_jaccard_pairs"] >= 2
+    # the signatures' estimate decides both pairs the other way: what the previous default did
+    est = run_dedup(tmp_path / "estimate", [inp], workers=2, verify="estimate")
+    assert reasons(est) == {"below-copy": "dedup:near dup of below"}
 
 
 def test_english_near_duplicates_use_word_shingles(tmp_path):
