@@ -1,8 +1,10 @@
 """Stage ``lid_filter``: label each document's language, keep the configured languages.
 
 Every kept document gets ``lang`` (ISO 639-1, ``zh`` for Chinese in any script, ``und`` when
-nothing could be identified) and ``lang_score`` (float32 in [0, 1]). A document is kept when
-``keep`` is empty (label only) or its language is in ``keep`` with ``lang_score >= min_score``.
+nothing could be identified) and ``lang_score`` (float32 in [0, 1]). Without ``keep`` (the
+default, or ``keep: []``) the stage only labels: every document is kept, whatever its language
+or score. With ``keep``, a document is kept when its language is in ``keep`` with
+``lang_score >= min_score``: a filter that drops documents is always written in the manifest.
 Dropped documents go to the ledger with reason ``lang:<code>`` (a language not kept) or
 ``lang:<code>(score<min)`` (a kept language, identified with too little confidence) and
 signals ``{"lang", "lang_score"}``.
@@ -28,8 +30,11 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backend: str = Field(lid.DEFAULT_BACKEND, description=f"language identifier: {', '.join(lid.backend_names())}")
-    keep: list[str] = Field(default_factory=lambda: ["zh"], description="ISO 639-1 codes to keep; empty: keep everything, only label")
-    min_score: float = Field(0.5, ge=0.0, le=1.0, description="documents in a kept language below this lang_score are dropped")
+    keep: list[str] = Field(
+        default_factory=list,
+        description="ISO 639-1 codes to keep (e.g. [zh]); omitted or empty: label only, every document is kept",
+    )
+    min_score: float = Field(0.5, ge=0.0, le=1.0, description="with keep: documents in a kept language below this lang_score are dropped")
     chars: int = Field(lid.DEFAULT_CHARS, ge=0, description="characters identified per document (head + middle sample); 0: whole text")
     han_override: float | None = Field(
         0.1, ge=0.0, le=1.0,
@@ -59,10 +64,10 @@ class Params(BaseModel):
 
 class LidFilter(MapStage):
     name = "lid_filter"
-    version = "1"
+    version = "2"  # 2: keep defaults to label only (was [zh]); cascade routes short text and sibling languages
     Params = Params
     code_deps = ("pipeline.text.lid",)
-    description = "language identification: adds lang / lang_score, keeps the configured languages"
+    description = "language identification: adds lang / lang_score; with keep, keeps only those languages"
 
     @property
     def backend(self) -> lid.Backend:

@@ -203,7 +203,7 @@ def test_stage_keep_drop_ledger_and_columns(fake_backend):
 def test_stage_min_score(fake_backend):
     table = docs(["zh:0.2 a", "zh:0.6 b", "zh:1.0 c"])
     for min_score, ids in [(0.0, ["d0", "d1", "d2"]), (0.5, ["d1", "d2"]), (0.7, ["d2"]), (1.0, ["d2"])]:
-        kept, removed, *_ = make_stage(backend=fake_backend, min_score=min_score).process(table)
+        kept, removed, *_ = make_stage(backend=fake_backend, keep=["zh"], min_score=min_score).process(table)
         assert kept["id"].to_pylist() == ids
         assert set(removed["reason"].to_pylist()) <= {"lang:zh(score<min)"}
 
@@ -226,15 +226,33 @@ def test_stage_replaces_existing_columns_and_handles_empty_partition(fake_backen
 def test_stage_params_validation():
     Params = get_stage_class("lid_filter").Params
     p = Params()
-    assert p.backend == lid.DEFAULT_BACKEND and p.keep == ["zh"] and p.min_score == 0.5 and p.chars == lid.DEFAULT_CHARS
+    assert p.backend == lid.DEFAULT_BACKEND and p.keep == [] and p.min_score == 0.5 and p.chars == lid.DEFAULT_CHARS
     assert Params(keep=["zh-Hant", "ZH", "no"]).keep == ["zh", "nb"]
     for bad in [{"backend": "nope"}, {"min_score": 1.5}, {"chars": -1}, {"keep": ["??"]}, {"unknown": 1}]:
         with pytest.raises(ValidationError):
             Params(**bad)
 
 
+def test_stage_without_keep_only_labels(fake_backend):
+    """``keep`` omitted: label only. Nothing is dropped, whatever the language or score (it
+    used to default to [zh], silently dropping every other document)."""
+    table = docs(["en:0.99 a", "zh:0.9 b", "zh:0.1 c", "ja:0.8 d", "", "und:0 e"])
+    kept, removed, *_ = make_stage(backend=fake_backend).process(table)
+    assert kept["id"].to_pylist() == ["d0", "d1", "d2", "d3", "d4", "d5"] and removed.num_rows == 0
+    assert kept["lang"].to_pylist() == ["en", "zh", "zh", "ja", "und", "und"]
+    assert kept["lang_score"].to_pylist() == pytest.approx([0.99, 0.9, 0.1, 0.8, 0.0, 0.0])
+
+
+def test_stage_without_keep_with_the_real_backend_keeps_every_language():
+    table = docs([ZH_HANS, SAMPLES["en"], SAMPLES["ja"], SAMPLES["ko"], "   "])
+    kept, removed, stats = make_stage().process(table)
+    assert kept.num_rows == 5 and removed.num_rows == 0
+    assert kept["lang"].to_pylist() == ["zh", "en", "ja", "ko", "und"]
+    assert make_stage().provenance()["lid"]["keep"] == []
+
+
 def test_stage_real_backend_and_provenance():
-    stage = make_stage()  # defaults: the measured default backend, keep zh
+    stage = make_stage(keep=["zh"])  # the measured default backend
     table = docs([ZH_HANS, ZH_HANT, SAMPLES["en"], SAMPLES["ja"], "   "])
     kept, removed, *_ = stage.process(table)
     assert kept["id"].to_pylist() == ["d0", "d1"] and kept["lang"].to_pylist() == ["zh", "zh"]
@@ -319,3 +337,160 @@ def test_han_override_keeps_chinese_list_pages_but_not_japanese_or_english():
     assert stats["lid_han_override"] == 1
     kept, removed, _ = LidFilter(Params(keep=["zh"], han_override=None), "lang").process(t)
     assert "a" not in kept["id"].to_pylist()
+
+
+# --------------------------------------------------------------------------- short text, script, routing
+
+
+def test_script_language():
+    assert lid.script_language(ZH_HANS) == ("zh", 1.0)
+    assert lid.script_language(ZH_HANT)[0] == "zh"
+    assert lid.script_language("問題")[0] == "zh"  # Han only: Chinese (as lingua and py3langid decide)
+    assert lid.script_language("小米の手机很好用，推荐购买")[0] == "zh"  # one stray kana
+    assert lid.script_language(SAMPLES["ja"])[0] == "ja" and lid.script_language("クロノ")[0] == "ja"
+    assert lid.script_language(SAMPLES["ko"])[0] == "ko" and lid.script_language("서울")[0] == "ko"
+    assert lid.script_language("Beijing (北京) is the capital of China.") is None  # mostly Latin
+    assert lid.script_language("iPhone 很好用") is None
+    assert lid.script_language(SAMPLES["en"]) is None and lid.script_language("") is None
+
+
+def test_short_chinese_and_japanese_by_script():
+    # CLD2 alone calls short Chinese phrases Japanese or something else
+    langs, scores = lid.get_backend().predict(["根本", "质量太差了", "很好", "こんにちは", "東京タワー", "한국어"])
+    assert langs == ["zh", "zh", "zh", "ja", "ja", "ko"] and all(s == 1.0 for s in scores)
+
+
+def _short_language_texts():
+    words = " ".join(SAMPLES[k] for k in ("en", "ru")).split() + ["Gesellschaft", "für", "Straßenbahn", "niño", "façade"]
+    texts = [" ".join(words[i : i + 1 + i % 4]) for i in range(len(words))]
+    texts += [SAMPLES["en"][:k] for k in range(1, 90)]  # 1..89 characters: >= 64 texts walk the DFA together
+    return texts + ["", "12345 !!", "ABC DEF", "x" * 3000, SAMPLES["en"] * 20, ZH_HANS]
+
+
+def test_langid_probs_match_py3langid_text_by_text():
+    import numpy as np
+
+    texts = _short_language_texts()
+    ident = lid._langid_identifier()
+    probs = lid.langid_probs(texts)
+    assert probs.shape == (len(texts), len(ident.nb_classes)) and probs.dtype == np.float32
+    first = {}
+    for c, label in enumerate(ident.nb_classes):
+        first.setdefault(label, c)
+    for text, row in zip(texts, probs):
+        ranked = ident.rank(text)
+        assert ident.nb_classes[int(row.argmax())] == ranked[0][0] or ranked[0][1] == pytest.approx(ranked[1][1]), text
+        for label, prob in ranked[:5]:
+            assert row[first[label]] == pytest.approx(prob, abs=1e-4), (text, label)
+        assert row.sum() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_langid_probs_public_fallback(monkeypatch):
+    import numpy as np
+
+    texts = _short_language_texts()
+    fast = lid.langid_probs(texts)
+    monkeypatch.setattr(lid, "_langid_arrays", lambda: None)  # a py3langid without the internals
+    slow = lid.langid_probs(texts)
+    assert np.allclose(fast, slow, atol=1e-4)
+
+
+def test_short_text_is_never_left_to_cld2_alone():
+    backend = lid.get_backend()
+    before = dict(backend.stats)
+    texts = ["dunia paling berpengaruh", "met die werknemers", "la misma casa", "Das ist gut", "the government's"]
+    langs, _ = backend.predict(texts)
+    used = {k: v - before.get(k, 0) for k, v in backend.stats.items()}
+    assert used["cld2"] == 0 and used["script"] == 0 and used["langid"] + used["lingua"] == len(texts)
+    assert langs[2:] == ["es", "de", "en"]
+
+
+def test_sibling_languages_are_not_left_to_cld2_alone(monkeypatch):
+    # CLD2 confuses bs/hr/sr (ms/id, nb/nn/da, ...) even when it is sure: in a cascade with lingua,
+    # py3langid confirms such an answer or lingua decides among the group
+    croatian = ("Zagreb je glavni i najveći grad Republike Hrvatske, smješten na jugozapadnom rubu Panonske nizine, "
+                "između rijeke Save na jugu i Medvednice na sjeveru, a u njemu živi gotovo milijun stanovnika.")
+    german = "Berlin ist die Hauptstadt der Bundesrepublik Deutschland und mit rund 3,8 Millionen Einwohnern ihre größte Stadt."
+    real = lid.cld2_details
+    sure = {croatian: "hr", german: "de"}  # CLD2 reliable, with a high score, on both
+    monkeypatch.setattr(lid, "cld2_details", lambda t: (True, sure[t], 99.0, 1500.0, (sure[t],)) if t in sure else real(t))
+    for name, cld2_decides in [(lid.DEFAULT_BACKEND, {"de"}), ("cld2+lingua", {"de"}), ("cld2+langid", {"de", "hr"})]:
+        backend = lid.get_backend(name)
+        for text, code in sure.items():
+            before = backend.stats["cld2"]
+            lang = backend.predict([text])[0][0]
+            assert (backend.stats["cld2"] == before + 1) == (code in cld2_decides), (name, code)
+            assert lang in (("hr", "bs", "sr") if code == "hr" else ("de",)), (name, lang)
+
+
+@pytest.fixture(scope="module")
+def held_out_short():
+    """Short phrases from the held-out (odd-line) part of every language file: 10 two-word and 10
+    three-word windows per language (zh/ja: 2-3 and 4-6 characters), fixed seed: 1,500 phrases."""
+    if not SENTENCES.is_dir():
+        pytest.skip(f"shared lid-sentences corpus not present at {SENTENCES}")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_lid import load_short
+
+    return load_short(SENTENCES, "test", per_lang=20, seed=0)
+
+
+def test_default_at_least_as_accurate_as_lingua_on_held_out_short_phrases(held_out_short):
+    """The issue's criterion on short text, on phrases the routing was not tuned on. Measured:
+    the old default (CLD2 trusted whenever it called itself reliable) 0.845, two words 0.808;
+    lingua 0.853 / 0.824; the default now 0.869 / 0.839."""
+    from bench_lid import score
+
+    gold = [g for g, _, _ in held_out_short]
+    texts = [t for _, t, _ in held_out_short]
+    two = [i for i, (_, _, words) in enumerate(held_out_short) if words == 2]
+    results = {}
+    for name in (lid.DEFAULT_BACKEND, "lingua"):
+        backend = lid.get_backend(name)
+        pred, _ = backend.predict(texts)
+        results[name] = (
+            score(gold, pred, backend.supported_languages)["acc_all"],
+            score([gold[i] for i in two], [pred[i] for i in two], backend.supported_languages)["acc_all"],
+        )
+    ours, lingua = results[lid.DEFAULT_BACKEND], results["lingua"]
+    assert ours[0] >= lingua[0] and ours[1] >= lingua[1], results
+    assert ours[0] >= 0.85, results
+
+
+def test_default_at_least_as_accurate_as_lingua_on_held_out_sentences():
+    """Sentences of the held-out part (20 per language), and the share of them that reaches lingua
+    (a proxy for throughput that does not depend on the machine: 5.7% now; default 0.972, lingua
+    0.962)."""
+    if not SENTENCES.is_dir():
+        pytest.skip(f"shared lid-sentences corpus not present at {SENTENCES}")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_lid import load_sentences, score
+
+    sample = load_sentences(SENTENCES, 20, part="test")
+    gold, texts = [g for g, _ in sample], [s for _, s in sample]
+    default = lid.get_backend()
+    before = dict(default.stats)
+    pred, _ = default.predict(texts)
+    used = {k: v - before.get(k, 0) for k, v in default.stats.items()}
+    ours = score(gold, pred, default.supported_languages)["acc_all"]
+    lingua_pred, _ = lid.get_backend("lingua").predict(texts)
+    theirs = score(gold, lingua_pred, lid.get_backend("lingua").supported_languages)["acc_all"]
+    assert ours >= theirs, (ours, theirs)
+    assert used["lingua"] / len(texts) < 0.10, used
+
+
+def test_chinese_reviews_and_review_phrases_are_zh():
+    reviews_dir = REPO.parent / "shared" / "corpora" / "zh-sentiment"
+    if not reviews_dir.is_dir():
+        pytest.skip(f"shared zh-sentiment corpus not present at {reviews_dir}")
+    import random
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_lid import load_reviews, short_window
+
+    reviews = load_reviews(reviews_dir, "test", 300)
+    rng = random.Random(0)
+    phrases = [w for w in (short_window("zh", r, rng.randint(2, 6), rng) for r in reviews) if w]
+    langs, _ = lid.get_backend().predict(reviews + phrases)
+    assert sum(l == "zh" for l in langs[: len(reviews)]) / len(reviews) >= 0.99
+    assert all(l == "zh" for l in langs[len(reviews) :])

@@ -94,7 +94,7 @@ def _extract(p: dict) -> tuple[bool, str]:
 TEXT_CHANGES = {
     "wikitext_extract": _extract,
     "clean": _clean,
-    "lid_filter": lambda p: (False, f"documents selected by language (keep {_join(p.get('keep') or [])}, min score {p.get('min_score')}); text unchanged"),
+    "lid_filter": lambda p: (False, f"documents selected by language (keep {_join(p.get('keep'))}, min score {p.get('min_score')}); text unchanged" if p.get("keep") else "documents labelled with their language; none selected; text unchanged"),
     "quality_filter": lambda p: (False, f"documents selected by quality rules (preset {p.get('preset')}); text unchanged"),
     "dedup": lambda p: (False, f"duplicates removed ({'exact' if p.get('exact') else ''}{' and ' if p.get('exact') and p.get('near') else ''}{'near, Jaccard ' + str(p.get('threshold')) if p.get('near') else ''}); text unchanged"),
     "concat": lambda p: (False, "inputs concatenated; text unchanged"),

@@ -506,7 +506,11 @@ def _limitations(run: RunInfo, stats: dict, sources: list[dict]) -> list[str]:
     for node in run.chain:
         rec, st = run.node(node), run.stats(node)
         if rec.get("impl") == "lid_filter":
-            out.append(f"only languages {', '.join(md_code(k) for k in (rec.get('params') or {}).get('keep') or [])} kept by {md_code(node)} ({_n(st.get('removed', 0))} of {_n(st.get('in', 0))} documents removed)")
+            keep = (rec.get("params") or {}).get("keep") or []
+            if keep:
+                out.append(f"only languages {', '.join(md_code(k) for k in keep)} kept by {md_code(node)} ({_n(st.get('removed', 0))} of {_n(st.get('in', 0))} documents removed)")
+            else:
+                out.append(f"languages labelled by {md_code(node)} (`lang` column); no document removed by language")
         if rec.get("impl") == "quality_filter":
             out.append(f"heuristic quality rules ({md_escape((rec.get('params') or {}).get('preset'))}) removed {_n(st.get('removed', 0))} of {_n(st.get('in', 0))} documents ({_pct(st.get('removed', 0), st.get('in', 0))}): their false positives are lost, their false negatives kept")
     return out
