@@ -63,6 +63,11 @@ def main() -> int:
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s of the device in TFLOP/s, for MFU where it is not known")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's; 1 on a busy machine)")
     ap.add_argument("--json", type=Path, default=None, help="also write the result here")
+    ap.add_argument("--append", type=Path, default=None, help="append the result to this JSON list (benchmarks/results/train-<device>.json)")
+    ap.add_argument("--tokens", type=Path, default=None, help="token shards to train on (a tokens/ folder, e.g. made by --make-tokens) instead of writing random ones")
+    ap.add_argument("--make-tokens", type=Path, default=None, help="only write random shards for --steps at the largest --batch-size to this folder and exit")
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    ap.add_argument("--unfused", action="store_true", help="separate q/k/v and gate/up matmuls (the layout before they were joined), for comparison")
     args = ap.parse_args()
     if args.steps <= args.skip:
         ap.error("--steps must be larger than --skip")
@@ -75,16 +80,22 @@ def main() -> int:
     from pipeline.train.loop import TrainConfig, read_metrics, train
 
     step_tokens = args.batch_size * args.seq_len * args.accum
+    if args.make_tokens:
+        write_random_shards(args.make_tokens, step_tokens * (args.steps + 1) + 1, args.vocab, args.seq_len)
+        print(f"wrote {args.make_tokens / 'tokens'}")
+        return 0
+    if args.unfused:
+        unfuse()
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         tmp = Path(tmp)
         t0 = time.time()
-        tokens_dir = write_random_shards(tmp, step_tokens * (args.steps + 1) + 1, args.vocab, args.seq_len)
+        tokens_dir = args.tokens or write_random_shards(tmp, step_tokens * (args.steps + 1) + 1, args.vocab, args.seq_len)
         made = time.time() - t0
         cfg = TrainConfig(
             data=str(tokens_dir), out_dir=str(tmp / "run"), preset=args.preset, model={"vocab_size": args.vocab},
             seq_len=args.seq_len, batch_size=args.batch_size, batch_tokens=step_tokens, max_steps=args.steps,
             warmup_steps=10, eval_every=0, eval_tokens=args.seq_len, ckpt_every=0, device=args.device,
-            compile=args.compile, tensorboard=False, samples=0,
+            compile=args.compile, precision=args.precision, tensorboard=False, samples=0,
         )
         summary = train(cfg)
         steps = [r for r in read_metrics(tmp / "run") if r.get("type") == "train"][args.skip :]
@@ -102,7 +113,11 @@ def main() -> int:
         "preset": args.preset,
         "params": summary["params"],
         "seq_len": args.seq_len,
+        "micro_batch": args.batch_size,
         "batch_size": args.batch_size,
+        "fused_projections": not args.unfused,
+        "precision": args.precision,
+        "peak_mem_gb": summary.get("peak_mem_gb"),
         "accum": args.accum,
         "compile": summary["compile"],
         "bf16": summary["bf16"],
@@ -123,7 +138,18 @@ def main() -> int:
     )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if args.append:
+        records = json.loads(args.append.read_text()) if args.append.is_file() else []
+        args.append.parent.mkdir(parents=True, exist_ok=True)
+        args.append.write_text(json.dumps(records + [result], indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def unfuse() -> None:
+    """Separate q/k/v and gate/up matmuls, as the model computed them before they were joined."""
+    from pipeline.train import model
+
+    model.FUSED_PROJECTIONS = False
 
 
 if __name__ == "__main__":

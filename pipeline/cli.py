@@ -14,8 +14,9 @@ from pipeline.common.display import make_console, print_table
 from pipeline.common.errors import PipelineError
 
 # Typer's rich help shows a value placeholder (<bool>) beside flags, which take no value.
-_display_type = typer.core.TyperOption.display_type_rich
-typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _display_type(self, ctx)
+_display_type = getattr(typer.core.TyperOption, "display_type_rich", None)
+if _display_type is not None:  # typer versions that have it
+    typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _display_type(self, ctx)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate pretraining data: manifests in, audited Arrow shards out.")
 console = make_console(stderr=True, log_path=False)
@@ -185,6 +186,7 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seeds the initial weights, the data order and the samples (default 0): same seed, same run."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoint with the same data order."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model (default: on for CUDA, off elsewhere)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 autocast on GPUs that have it, else float32; default), bf16 or fp32."),
     tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard", help="Write RUN_DIR/tensorboard (default: when tensorboard is installed)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Sample generations at each evaluation from validation prompts (default 2; 0: none)."),
     sample_prompts: List[str] = typer.Option([], "--sample-prompt", metavar="TEXT", help="A prompt to continue at each evaluation instead (repeatable)."),
@@ -229,7 +231,7 @@ def train(
     flags = dict(
         preset=preset, seq_len=seq_len, max_steps=max_steps, max_tokens=max_tokens, max_time=max_time, batch_size=batch_size,
         batch_tokens=batch_tokens, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, eval_every=eval_every, eval_tokens=eval_tokens,
-        ckpt_every=ckpt_every, device=device, seed=seed, resume=resume or None, compile=compile_, tensorboard=tensorboard,
+        ckpt_every=ckpt_every, device=device, seed=seed, resume=resume or None, compile=compile_, precision=precision, tensorboard=tensorboard,
         samples=samples, sample_prompts=sample_prompts or None, sample_tokens=sample_tokens,
     )
     try:
@@ -327,7 +329,7 @@ def generate(
         _fail(PipelineError(f"generation needs PyTorch ({exc})", hint="pip install torch"))
     try:
         loaded = load_for_generation(run_dir, pick_device(device))
-        ids = sample(loaded.model, prompt_context(loaded, prompt), max_new_tokens, temperature=temperature, top_k=top_k, seed=seed, eos_id=loaded.eos_id)
+        ids = sample(loaded.model, prompt_context(loaded, prompt), max_new_tokens, temperature=temperature, top_k=top_k, seed=seed, eos_id=loaded.eos_id, vocab_limit=loaded.tokenizer.vocab_size)
     except PipelineError as exc:
         _fail(exc)
     print(prompt + loaded.tokenizer.decode(strip_eos(ids, loaded.eos_id)))

@@ -626,3 +626,26 @@ def test_kv_cache_generation_matches_recomputing_the_context():
         model(torch.tensor([[1, 2, 3]]), cache=small)
         with pytest.raises(TrainError, match="one token per step"):
             model(torch.tensor([[4, 5]]), cache=small)
+
+
+def test_vocabulary_is_padded_to_64_and_sampling_stays_in_the_tokenizer():
+    from pipeline.train.model import ModelConfig, padded_vocab
+
+    assert [padded_vocab(n) for n in (512, 513, 31517, 32000)] == [512, 576, 31552, 32000]
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=128, dim=32, n_layers=1, n_heads=2, ffn_dim=64, max_seq_len=32))
+    with torch.no_grad():
+        model.embed_tokens.weight[100:] *= 50  # the padded rows would win every draw
+    free = sample(model, [1, 2, 3], 20, temperature=1.0, seed=1)
+    kept = sample(model, [1, 2, 3], 20, temperature=1.0, seed=1, vocab_limit=100)
+    assert any(i >= 100 for i in free) and all(i < 100 for i in kept)
+
+
+def test_precision_flag(shards, tmp_path):
+    fp32 = train(base_config(shards, tmp_path / "a", max_steps=3, precision="fp32"))
+    bf16 = train(base_config(shards, tmp_path / "b", max_steps=3, precision="bf16"))
+    assert fp32["bf16"] is False and bf16["bf16"] is True
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert all(abs(a[k] - b[k]) < 0.05 for k in a)  # bf16 autocast on a CPU: the same curve, rounded
+    bad = run_cli("train", "--shards", str(shards), "--precision", "half", "--device", "cpu", "--max-steps", "1", "--out", str(tmp_path / "c"), env=ONE_THREAD)
+    assert bad.returncode == 2 and "precision" in bad.stderr and "Traceback" not in bad.stderr

@@ -14,7 +14,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -56,6 +56,7 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda -> mps -> cpu
     resume: bool = False
     compile: bool | None = None  # torch.compile; None: on for CUDA, off elsewhere
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA GPUs that have it, float32 elsewhere; bf16; fp32
     tensorboard: bool | None = None  # None: when tensorboard is installed
     samples: int = 2  # default sample prompts (the start of validation windows); 0: no samples
     sample_prompts: list[str] | None = None  # explicit prompts instead

@@ -27,6 +27,7 @@ before anything trains.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -43,8 +44,8 @@ import torch.nn.functional as F
 
 from pipeline.common.storage import file_digests
 from pipeline.train import TrainError
-from pipeline.train.loop import pick_device
-from pipeline.train.model import ModelConfig, Transformer
+from pipeline.train.loop import pick_device, use_bf16_for
+from pipeline.train.model import ModelConfig, Transformer, padded_vocab
 
 TASKS = ("classification", "sft")
 POOLINGS = ("mean", "last")
@@ -233,7 +234,8 @@ def check_compatible(state: dict, index: dict, ckpt: Path, ft_dir: Path) -> None
             hint="token ids would mean different things: run finetune_data with the pretraining run's tokenize node (or tokenizer_path: <pretraining out>/tokenizer)",
         )
     vocab = state["model"]["vocab_size"]
-    if index.get("vocab_size") != vocab:
+    tok_vocab = index.get("vocab_size")
+    if tok_vocab is None or (tok_vocab != vocab and padded_vocab(tok_vocab) != vocab):  # models pad to a multiple of 64
         raise TrainError(f"vocabulary mismatch: the checkpoint has {vocab} tokens, the examples' tokenizer {index.get('vocab_size')}", where=where, hint="use the pretraining run's tokenizer")
     ctx = state["model"]["max_seq_len"]
     if index["max_len"] > ctx:
@@ -306,12 +308,13 @@ def _schedule(step: int, warmup: int, total: int, lr: float) -> float:
 
 
 @torch.no_grad()
-def predict(model: Classifier, split: Split, batch_size: int, pad_id: int, device) -> np.ndarray:
+def predict(model: Classifier, split: Split, batch_size: int, pad_id: int, device, autocast=contextlib.nullcontext) -> np.ndarray:
     model.eval()
     out = np.zeros(len(split), dtype=np.int64)
     for idx in batch_order(np.array([len(e) for e in split.examples]), batch_size, None):
         x, lengths = collate([split.examples[i] for i in idx], pad_id)
-        out[idx] = model(x.to(device), lengths.to(device)).argmax(-1).cpu().numpy()
+        with autocast():
+            out[idx] = model(x.to(device), lengths.to(device)).float().argmax(-1).cpu().numpy()
     return out
 
 
@@ -324,12 +327,13 @@ def lm_loss(model: Transformer, x, y, w) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def response_loss(model: Transformer, split: Split, batch_size: int, pad_id: int, device) -> dict:
+def response_loss(model: Transformer, split: Split, batch_size: int, pad_id: int, device, autocast=contextlib.nullcontext) -> dict:
     model.eval()
     total, count = 0.0, 0.0
     for idx in batch_order(np.array([len(e) for e in split.examples]), batch_size, None):
         x, y, w = collate([split.examples[i] for i in idx], pad_id, [split.masks[i] for i in idx])
-        loss, n = lm_loss(model, x.to(device), y.to(device), w.to(device))
+        with autocast():
+            loss, n = lm_loss(model, x.to(device), y.to(device), w.to(device))
         total += loss.item() * n.item()
         count += n.item()
     val = total / count if count else float("nan")
@@ -375,7 +379,9 @@ def finetune(config: FinetuneConfig | dict, on_step=None, progress: bool = False
     groups = [g for g in groups if g["params"]]
     for g in groups:
         g["peak_lr"] = g["lr"]
-    opt = torch.optim.AdamW(groups, betas=(0.9, 0.999))
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), fused=device.type == "cuda")
+    bf16 = use_bf16_for("auto", device)  # as pretraining: bf16 autocast on GPUs that have it
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     train = splits["train"]
     lengths = np.array([len(e) for e in train.examples])
@@ -386,10 +392,10 @@ def finetune(config: FinetuneConfig | dict, on_step=None, progress: bool = False
 
     def evaluate(split: str) -> dict:
         if task == "classification":
-            pred = predict(model, splits[split], cfg.batch_size, pad_id, device)
+            pred = predict(model, splits[split], cfg.batch_size, pad_id, device, autocast)
             model.train()
             return classification_scores(splits[split].labels, pred, labels)
-        res = response_loss(base, splits[split], cfg.batch_size, pad_id, device)
+        res = response_loss(base, splits[split], cfg.batch_size, pad_id, device, autocast)
         model.train()
         return res
 
@@ -402,6 +408,7 @@ def finetune(config: FinetuneConfig | dict, on_step=None, progress: bool = False
     (out / "metrics.jsonl").write_text("", encoding="utf-8")
     best, best_step, best_state = None, 0, None
     step, epoch = 0, 0
+    train_seconds, train_examples, train_tokens = 0.0, 0, 0  # the optimizer steps alone (no evaluation)
     t0 = time.time()
     bar = _Progress(total, enabled=progress)
     model.train()
@@ -425,22 +432,29 @@ def finetune(config: FinetuneConfig | dict, on_step=None, progress: bool = False
             for idx in batch_order(lengths, cfg.batch_size, rng):
                 if step >= total:
                     break
+                t_step = time.time()
                 for g in opt.param_groups:
                     g["lr"] = _schedule(step, warmup, total, g["peak_lr"])
                 if task == "classification":
                     x, lens = collate([train.examples[i] for i in idx], pad_id)
                     y = torch.from_numpy(train.labels[idx]).to(device)
-                    loss = F.cross_entropy(model(x.to(device), lens.to(device)).float(), y)
+                    with autocast():
+                        logits = model(x.to(device), lens.to(device))
+                    loss = F.cross_entropy(logits.float(), y)
                 else:
                     x, y, w = collate([train.examples[i] for i in idx], pad_id, [train.masks[i] for i in idx])
-                    loss, _ = lm_loss(base, x.to(device), y.to(device), w.to(device))
+                    with autocast():
+                        loss, _ = lm_loss(base, x.to(device), y.to(device), w.to(device))
                 loss.backward()
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
-                rec = {"step": step, "epoch": epoch, "loss": loss.item(), "lr": opt.param_groups[0]["lr"]}
+                rec = {"step": step, "epoch": epoch, "loss": loss.item(), "lr": opt.param_groups[0]["lr"]}  # .item() waits for the step
+                train_seconds += time.time() - t_step
+                train_examples += len(idx)
+                train_tokens += x.numel()
                 emit(rec)
                 bar.update(step, rec["loss"])
                 if on_step is not None:
@@ -463,7 +477,10 @@ def finetune(config: FinetuneConfig | dict, on_step=None, progress: bool = False
         "selected_step": best_step if best_state is not None else step,
         "selection": ("best validation macro F1" if task == "classification" else "best validation loss") if best_state is not None else "last step (no validation split)",
         "seconds": round(seconds, 2),
-        "device": str(device),
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "bf16": bf16,
+        "throughput": {"examples_per_s": train_examples / max(train_seconds, 1e-9), "tokens_per_s": train_tokens / max(train_seconds, 1e-9), "train_seconds": round(train_seconds, 2), "tokens": "padded batch tokens"},
+        "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "examples": {s: len(splits[s]) for s in SPLITS},
         "base": {"checkpoint": str(ckpt), "sha256": file_digests(ckpt / "model.safetensors")["sha256"], "step": state.get("step")},
     }

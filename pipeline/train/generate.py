@@ -32,8 +32,10 @@ def sample(
     seed: int = 0,
     eos_id: int | None = None,
     autocast=contextlib.nullcontext,
+    vocab_limit: int | None = None,
 ) -> list[int]:
-    """New token ids after ``context`` (greedy when ``temperature`` <= 0); stops after ``eos_id``."""
+    """New token ids after ``context`` (greedy when ``temperature`` <= 0); stops after ``eos_id``.
+    ``vocab_limit``: the tokenizer's size, when the model's vocabulary is padded beyond it."""
     if not context:
         raise TrainError("sampling needs at least one context token", hint="give a prompt (the document-start token is added for you)")
     device = next(model.parameters()).device
@@ -60,6 +62,8 @@ def sample(
                 else:
                     with autocast():
                         logits = model(torch.tensor([[tokens[-1]]], dtype=torch.long, device=device), cache=cache)[0, -1].float()
+            if vocab_limit is not None:
+                logits = logits[:vocab_limit]
             if temperature <= 0:
                 nxt = int(logits.argmax())
             else:

@@ -39,7 +39,7 @@ from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import Batches, TokenStream, eval_batches, find_tokens_dir, tokenizer_hash, vocab_size
 from pipeline.train.generate import sample, strip_eos
-from pipeline.train.model import ModelConfig, Transformer, preset
+from pipeline.train.model import ModelConfig, Transformer, padded_vocab, preset
 
 __all__ = ["TrainConfig", "train", "read_metrics", "lr_at", "pick_device"]
 
@@ -47,6 +47,18 @@ __all__ = ["TrainConfig", "train", "read_metrics", "lr_at", "pick_device"]
 PEAK_BF16 = [("H200", 989e12), ("H100", 989e12), ("A100", 312e12)]
 # With only max_time, the schedule's horizon is estimated after this many timed steps (see Horizon).
 HORIZON_PROBE_STEPS = 4
+
+
+def use_bf16_for(precision: str, device: torch.device) -> bool:
+    """Whether to train under bf16 autocast: ``precision`` auto (CUDA GPUs that support it), bf16 or fp32."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise TrainError(f"unknown precision {precision!r}", where="--precision", hint="use auto, bf16 or fp32")
+    if precision == "fp32":
+        return False
+    supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "bf16" and not supported and device.type != "cpu":
+        raise TrainError(f"bf16 is not supported on {device}", where="--precision", hint="use fp32 (or auto)")
+    return supported or precision == "bf16"  # bf16 on a CPU: slow but allowed (for comparisons)
 
 
 def available_devices() -> list[str]:
@@ -261,7 +273,7 @@ class Sampler:
     def __call__(self, model: Transformer, step: int, autocast) -> list[dict]:
         recs = []
         for i, (text, ctx) in enumerate(self.prompts):
-            ids = sample(model, ctx, self.cfg.sample_tokens, temperature=self.cfg.sample_temperature, top_k=self.cfg.sample_top_k, seed=self.cfg.seed + i, eos_id=self.eos_id, autocast=autocast)
+            ids = sample(model, ctx, self.cfg.sample_tokens, temperature=self.cfg.sample_temperature, top_k=self.cfg.sample_top_k, seed=self.cfg.seed + i, eos_id=self.eos_id, autocast=autocast, vocab_limit=self.tok.vocab_size)
             recs.append({"type": "sample", "step": step, "index": i, "prompt": text, "text": self.tok.decode(strip_eos(ids, self.eos_id))})
         return recs
 
@@ -331,7 +343,7 @@ def train(config: TrainConfig | dict, on_step=None, on_log=None) -> dict:
         mcfg = ModelConfig(**state["model"])
         T = state["T"]
     else:
-        vocab = {} if "vocab_size" in cfg.model else {"vocab_size": vocab_size(tokens_dir)}
+        vocab = {} if "vocab_size" in cfg.model else {"vocab_size": padded_vocab(vocab_size(tokens_dir))}
         mcfg = preset(cfg.preset, **{**vocab, "max_seq_len": T, **cfg.model})
     if T > mcfg.max_seq_len:
         raise TrainError(f"seq_len {T} exceeds the model's max_seq_len {mcfg.max_seq_len}", hint="lower seq_len or raise model.max_seq_len")
@@ -370,8 +382,10 @@ def _run(cfg, out, d, device, tokens_dir, train_stream, val_stream, tok_hash, T,
     if opt_state is not None:
         opt.load_state_dict(opt_state)
 
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else (lambda: torch.autocast(device.type, enabled=False))
+    use_bf16 = use_bf16_for(cfg.precision, device)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else (lambda: torch.autocast(device.type, enabled=False))
+    # float32 matmuls outside autocast (none in the model): TF32 under bf16, true float32 otherwise
+    torch.backends.cuda.matmul.allow_tf32 = use_bf16
 
     # One optimizer step = one batch of `windows` windows from the data order, split into
     # `accum` micro-batches on each of the d.world processes: the order depends only on `windows`.
@@ -532,6 +546,7 @@ def _run(cfg, out, d, device, tokens_dir, train_stream, val_stream, tok_hash, T,
             "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
             "world_size": d.world,
             "bf16": use_bf16,
+            "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
             "compile": use_compile,
             "grad_accum": accum,
             "tokens_per_step": step_tokens,

@@ -46,6 +46,18 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# q/k/v and gate/up as one wider matmul each (joined weights: autocast copies them to bf16 anyway):
+# a wider GEMM keeps a GPU busier. False: separate matmuls (benchmarks/bench_train.py --unfused).
+FUSED_PROJECTIONS = True
+VOCAB_MULTIPLE = 64  # tensor-core friendly: the embedding / LM-head matmul has this many rows more at most
+
+
+def padded_vocab(n: int) -> int:
+    """The model's vocabulary for a tokenizer of ``n`` ids: rounded up to a multiple of 64 (the
+    extra ids are never inputs or targets; sampling masks them)."""
+    return -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
 def preset(name: str, **overrides) -> ModelConfig:
     if name not in PRESETS:
         raise TrainError(f"unknown model preset {name!r}", where="preset", hint=f"use one of: {', '.join(PRESETS)}")
@@ -88,7 +100,11 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, cache: "KVCache | None" = None, layer: int = 0):
         B, T, C = x.shape
-        q, k, v = (p(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        if FUSED_PROJECTIONS:  # one matmul for q, k and v; the weights stay three Llama-named tensors
+            qkv = F.linear(x, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])).split(C, dim=-1)
+        else:
+            qkv = (self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        q, k, v = (t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in qkv)
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
@@ -126,7 +142,11 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if FUSED_PROJECTIONS:
+            gate, up = F.linear(x, torch.cat([self.gate_proj.weight, self.up_proj.weight])).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
