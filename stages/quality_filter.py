@@ -5,11 +5,13 @@ of a partition at once; the preset's rules decide (first failing rule wins). Dro
 go to the ledger with reason ``quality:<signal><op><threshold>`` (``quality:dup_line_frac>0.3``)
 and signals ``{"rule", "preset", "lang", "threshold", "<q_signal>": value, "q_words", "q_chars"}``.
 Kept documents keep the signal columns (``keep_signals``) so that reports can draw their
-distributions and thresholds can be revisited without recomputing.
+distributions and thresholds can be revisited without recomputing; ``signals: rules`` computes
+(and keeps) only those the rules read, plus ``q_lang``, ``q_chars`` and ``q_words``.
 
 Language: ``language: auto`` reads a ``lang`` column when there is one (``lid_filter`` writes
-it); Chinese rows are segmented with jieba and, with ``preset: auto``, judged by the ``zh``
-preset, all other rows by ``gopher``. Without a ``lang`` column (or where it is null / ``und``)
+it); Chinese rows are segmented with jieba (its algorithm and dictionary, vectorized: the same
+words as Python jieba) and, with ``preset: auto``, judged by the ``zh`` preset, all other rows
+by ``gopher``. Without a ``lang`` column (or where it is null / ``und``)
 a row counts as Chinese when at least 30% of its non-space characters are CJK.
 ``language: en`` / ``zh`` forces one language for every row.
 """
@@ -40,8 +42,12 @@ class Params(BaseModel):
     )
     keep_signals: bool = Field(True, description="keep the q_* signal columns in the kept rows")
     language: Literal["auto", "en", "zh"] = Field("auto", description="auto: the lang column if present, else CJK share")
-    zh_segmenter: Literal["jieba", "jieba-rs", "chars"] = Field(
-        "jieba", description="Chinese words: jieba (as FineWeb-2), jieba-rs (same words, ~9x faster, needs rjieba) or single characters"
+    zh_segmenter: Literal["jieba", "jieba-py", "jieba-rs", "chars"] = Field(
+        "jieba",
+        description="Chinese words: jieba (as FineWeb-2: Python jieba's algorithm and dictionary, vectorized, the same words), jieba-py (Python jieba block by block: the same words, slowly), jieba-rs (rjieba, optional; differs on rare HMM near ties) or single characters",
+    )
+    signals: Literal["all", "rules"] = Field(
+        "all", description="all: every q_* signal; rules: only those the presets' rules use (plus q_lang, q_chars, q_words), same decisions, less work"
     )
 
     @field_validator("overrides")
@@ -56,13 +62,30 @@ class QualityFilter(MapStage):
     name = "quality_filter"
     version = "1"
     Params = Params
-    code_deps = ("pipeline.text.quality", "pipeline.text.quality.signals", "pipeline.text.quality.presets", "pipeline.text.quality.tokenize", "pipeline.text.quality._spacy_en")
+    code_deps = (
+        "pipeline.text.quality",
+        "pipeline.text.quality.signals",
+        "pipeline.text.quality.presets",
+        "pipeline.text.quality.tokenize",
+        "pipeline.text.quality.jieba_np",
+        "pipeline.text.quality._spacy_en",
+    )
     description = "heuristic quality signals (q_* columns) and Gopher / C4 / FineWeb / FineWeb-2 zh thresholds"
+
+    def presets(self) -> list[str]:
+        p: Params = self.params
+        return ["gopher", "zh"] if p.preset == "auto" else [p.preset]
 
     def provenance(self) -> dict:
         p: Params = self.params
-        presets = ["gopher", "zh"] if p.preset == "auto" else [p.preset]
-        return {"quality_rules": {name: quality.resolve_preset(name, p.overrides) for name in presets}}
+        return {"quality_rules": {name: quality.resolve_preset(name, p.overrides) for name in self.presets()}}
+
+    def signal_columns(self) -> list[str] | None:
+        """The q_* columns to compute: None (all) or those the rules read, plus q_chars and q_words."""
+        p: Params = self.params
+        if p.signals == "all":
+            return None
+        return quality.rule_signals(*(quality.resolve_preset(name, p.overrides) for name in self.presets()))
 
     def languages(self, table: pa.Table) -> list[str]:
         """Per row "en" or "zh": forced by ``language``, else the ``lang`` column, else (or where
@@ -82,7 +105,7 @@ class QualityFilter(MapStage):
     def process(self, table: pa.Table) -> tuple[pa.Table, pa.Table]:
         p: Params = self.params
         langs = self.languages(table)
-        signals = quality.compute_signals(table["text"], langs, zh_segmenter=p.zh_segmenter)
+        signals = quality.compute_signals(table["text"], langs, zh_segmenter=p.zh_segmenter, columns=self.signal_columns())
         if p.preset == "auto":
             presets = np.where(np.asarray(langs, dtype=object) == "zh", "zh", "gopher")
         else:

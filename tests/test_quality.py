@@ -7,12 +7,14 @@ import json
 import re
 from collections import Counter
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
 from pipeline.core.stage import REMOVED_SCHEMA
+from pipeline.text import quality
 from pipeline.text.quality import PRESETS, compute_signals, corpus, decide, normalize_lang, resolve_preset
 from pipeline.text.quality import tokenize as qtok
 from stages import get_stage_class
@@ -102,6 +104,102 @@ def test_jieba_rs_segments_like_jieba():
         blocks += sorted(set(re.findall(r"[\u4e00-\u9fd5a-zA-Z0-9+#&._%\-]+", text)))
     for b in blocks:
         assert list(qtok._rjieba_tokens(b)) == [w for w in jieba.lcut(b) if w.strip()], b
+
+
+# Blocks where Python jieba's choice hangs on an exact floating-point tie or a near tie (route
+# or HMM), ASCII runs split by finalseg.re_skip, dictionary buffers, and a block longer than
+# jieba_np.MAX_BLOCK (segmented by Python jieba itself). The first four are segmented
+# differently by jieba-rs (its HMM tables differ in the last digits).
+TRICKY_BLOCKS = [
+    "用国国国制的方入", "常在和人", "共国国国状", "中国后民解放症现在共有两许万名现役常在和人", "关于中华响为共国国国状",
+    "1-3常见的凝聚态有固态和液态", "16-bit暂存器", "0-08-016739-X", "3.5%的人", "在语言如C++中", "AT&T贝尔实验室",
+    "----是他们的高尚品德", "140524.shtml学术争鸣是好事", "a.5.6", "a.5b.6页", "12.34.56年", "+#&_", "国国国国国国国国", "的的", "1990年10月",
+    "我们在北京大学学习自然语言处理" * 40,
+]
+
+
+def _random_blocks(n: int, seed: int = 0) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    han = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本去把性好"
+    alphabet = list(han) + list("abcXYZ0123456789.%-+#&_") + ["1990", "3.5", "C++", "AT&T", "T恤", "B超"]
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(2, 40))) for _ in range(n)]
+
+
+def test_vectorized_jieba_segments_exactly_like_python_jieba():
+    pytest.importorskip("jieba")
+    from pipeline.text.quality import jieba_np
+
+    blocks = TRICKY_BLOCKS + _random_blocks(3000)
+    if (corpus.corpora_dir() / "zhwiki-articles").is_dir():
+        text = "\n".join(corpus.chinese_corpus())
+        blocks += sorted(set(re.findall(r"[\u4e00-\u9fd5a-zA-Z0-9+#&._%\-]+", text)))
+    assert max(map(len, blocks)) > jieba_np.MAX_BLOCK
+    got = jieba_np.segment(blocks)
+    wrong = [(b, g) for b, g in zip(blocks, got) if g.split(" ") != list(qtok._jieba_tokens(b))]
+    assert not wrong, wrong[:5]
+    assert jieba_np.segment(["常在和人"]) == ["常 在 和 人"]  # an HMM near tie: jieba-rs says 常在
+
+
+def test_vectorized_jieba_model_cache_round_trip(tmp_path):
+    pytest.importorskip("jieba")
+    from pipeline.text.quality import jieba_np
+
+    m = jieba_np.model()
+    m.save(str(tmp_path / "model.npz"))
+    back = jieba_np.Model.load(str(tmp_path / "model.npz"))
+    for name in ("first", "table", "term", "start", "trans", "emit"):
+        assert np.array_equal(getattr(m, name), getattr(back, name)), name
+    assert (back.prev, back.max_len, back.bits, back.single_term) == (m.prev, m.max_len, m.bits, m.single_term)
+    jieba_np.python_jieba()
+    assert jieba_np._cache_path() is None  # jieba initialized here: its dictionary may have changed, build from it
+
+
+def _docs(texts):
+    return pl.DataFrame({"doc": list(range(len(texts))), "text": texts}, schema={"doc": pl.UInt32, "text": pl.String})
+
+
+def test_chinese_code_tokens_are_the_jieba_words():
+    pytest.importorskip("jieba")
+    texts = [ZH + " hello world", "", "  \n\t", "中文，English mixed。\x00NUL 与 emoji 😀 和\u3000全角空格", "用国国国制的方入\n\n1-3常见的凝聚态", "a", "国"]
+    ct = qtok.chinese_code_tokens(_docs(texts))
+    ends = np.r_[ct.start[1:], len(ct.codes)]
+    got = [(int(d), ct.codes[a:b].astype(np.uint32).tobytes().decode("utf-32-le")) for d, a, b in zip(ct.doc, ct.start, ends)]
+    assert got == qtok.chinese_words(_docs(texts), "jieba-py").rows()
+
+
+def test_char_classes_match_the_regexes():
+    """tokenize's code point table equals the polars regex classes the word paths use."""
+    cps = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    chars = pl.Series([chr(c) for c in cps], dtype=pl.String)
+    cls = qtok._char_classes()[np.asarray(cps)]
+    assert np.array_equal(chars.str.contains(f"^[{qtok.WS_CLASS}]$").to_numpy(), cls == 2)
+    assert np.array_equal(chars.str.contains(f"^{qtok._JIEBA_BLOCK}$").to_numpy(), cls == 1)
+
+
+def test_vectorized_jieba_gives_the_same_signals_as_python_jieba():
+    pytest.importorskip("jieba")
+    texts = [ZH, "", "用国国国制的方入。常在和人！\n\n- 列表 1-3\n- 列表 1-3", "的的的的的的的的的的的的 的的的的的的的的的的的的" * 5, "天气" * 60]
+    texts += ["\n".join(TRICKY_BLOCKS[:12]), "。".join(_random_blocks(200, seed=1))]
+    if (corpus.corpora_dir() / "zhwiki-articles").is_dir():
+        texts += corpus.chinese_corpus()[::5]
+    for stop in (None, {"zh": ["天气", "的", "的", "1-3"]}):
+        fast = compute_signals(texts, ["zh"] * len(texts), zh_segmenter="jieba", stopwords=stop)
+        ref = compute_signals(texts, ["zh"] * len(texts), zh_segmenter="jieba-py", stopwords=stop)
+        assert fast.equals(ref)
+
+
+def test_only_the_requested_signals_are_computed_with_the_same_values():
+    texts = [EN, ZH, NATURAL, "", "\n".join(["the same line here again and again"] * 40)]
+    langs = ["en", "zh", "en", "en", "en"]
+    full = compute_signals(texts, langs)
+    for cols in (["q_chars"], ["q_words", "q_dup_5gram_frac"], ["q_c4_sentences", "q_cjk_frac"], quality.rule_signals(resolve_preset("wiki-zh"))):
+        part = compute_signals(texts, langs, columns=cols)
+        assert part.columns == [c for c in full.columns if c in {"q_lang", *cols}]
+        assert part.equals(full.select(part.columns))
+    with pytest.raises(ValueError, match="unknown signal"):
+        compute_signals(texts, langs, columns=["q_nonsense"])
 
 
 # --------------------------------------------------------------------------- signals
@@ -259,6 +357,24 @@ def test_stage_ledger_and_kept_columns():
     assert not any(c.startswith("q_") for c in kept2.column_names) and kept2.num_rows == 1
 
 
+def test_stage_signals_rules_same_decisions():
+    cls = get_stage_class("quality_filter")
+    zh_doc = "北京是中华人民共和国的首都，也是全国的政治、文化和国际交往中心。" * 3
+    table = _table([NATURAL, "too short", zh_doc, "\n".join(["重复的一行文字在这里"] * 30), ZH], ["en", "en", "zh", "zh", "zh"])
+    runs = {}
+    for signals in ("all", "rules"):
+        stage = cls(cls.Params.model_validate({"preset": "auto", "signals": signals}), "quality")
+        runs[signals] = stage.process(table)
+    (kept_all, removed_all), (kept_rules, removed_rules) = runs["all"], runs["rules"]
+    assert removed_all.column("reason").to_pylist() == removed_rules.column("reason").to_pylist()
+    assert removed_all.column("signals").to_pylist() == removed_rules.column("signals").to_pylist()
+    assert kept_all.column("id").to_pylist() == kept_rules.column("id").to_pylist()
+    q_rules = [c for c in kept_rules.column_names if c.startswith("q_")]
+    assert "q_c4_sentences" in kept_all.column_names and "q_c4_sentences" not in q_rules
+    assert {"q_lang", "q_chars", "q_words", "q_dup_line_frac", "q_stopwords"} <= set(q_rules)
+    assert kept_rules.select(q_rules).equals(kept_all.select(q_rules))
+
+
 def test_stage_languages_and_params():
     cls = get_stage_class("quality_filter")
     with pytest.raises(ValidationError):
@@ -339,3 +455,49 @@ def test_zh_preset_agrees_with_fineweb2_block():
     theirs = oracle.pipeline_keep(docs, oracle.fineweb2_zh_filters())
     assert sum(a == b for a, b in zip(ours, theirs)) / len(docs) >= 0.98
     assert 0 < sum(theirs) < len(docs)
+
+
+# --------------------------------------------------------------------------- against the code before the vectorized jieba
+
+BEFORE = "323f97b"  # the commit before quality_filter's vectorized jieba
+
+
+@pytest.mark.slow
+def test_same_signals_and_decisions_as_before(tmp_path):
+    """Every signal, hence every decision, equals the implementation of commit 323f97b (Python
+    jieba, block by block) on Chinese and English text; skipped without git or that commit."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not (corpus.corpora_dir() / "zhwiki-articles").is_dir() or not corpus.available():
+        pytest.skip("shared corpora not present")
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        archive = subprocess.run(["git", "-C", str(repo), "archive", BEFORE, "pipeline/text/quality"], capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip(f"git or commit {BEFORE} not available")
+    old = tmp_path / "old"
+    old.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+    (old / "pipeline" / "__init__.py").touch()
+    (old / "pipeline" / "text" / "__init__.py").touch()
+    zh = corpus.chinese_corpus()[::3] + ["。".join(_random_blocks(300, seed=2)), "\n".join(TRICKY_BLOCKS)]
+    en = corpus.english_corpus(n_derived=300)
+    script = (
+        "import pickle, sys; sys.path.insert(0, sys.argv[1]);"
+        "from pipeline.text.quality.signals import compute_signals;"
+        "texts, langs = pickle.load(open(sys.argv[2], 'rb'));"
+        "compute_signals(texts, langs).write_parquet(sys.argv[3])"
+    )
+    import pickle
+
+    for name, texts, lang in (("zh", zh, "zh"), ("en", en, "en")):
+        path = tmp_path / f"{name}.pkl"
+        path.write_bytes(pickle.dumps((texts, [lang] * len(texts))))
+        subprocess.run([sys.executable, "-c", script, str(old), str(path), str(tmp_path / f"{name}.parquet")], check=True, cwd=tmp_path)
+        before = pl.read_parquet(tmp_path / f"{name}.parquet")
+        now = compute_signals(texts, [lang] * len(texts))
+        assert now.equals(before), [c for c in now.columns if not now.get_column(c).equals(before.get_column(c))]
+        for preset in (["wiki-zh", "zh"] if lang == "zh" else ["gopher", "fineweb", "c4"]):
+            assert decide(now, preset).equals(decide(before, preset))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from pipeline.text.quality.presets import PRESET_LANGUAGE, PRESETS, decide, first_failing, parse_rule, reason_for, resolve_preset
+from pipeline.text.quality.presets import PRESET_LANGUAGE, PRESETS, decide, first_failing, parse_rule, reason_for, resolve_preset, rule_signals
 from pipeline.text.quality.signals import SIGNAL_COLUMNS, STOPWORDS, compute_signals
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "parse_rule",
     "reason_for",
     "resolve_preset",
+    "rule_signals",
 ]
 
 _CHINESE = {"zh", "cmn", "zho", "chi", "yue", "wuu", "lzh", "gan", "hak", "nan", "hsn", "cjy"}

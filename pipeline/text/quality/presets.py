@@ -168,6 +168,13 @@ def parse_rule(rule: str) -> tuple[str, str]:
     return op, signal
 
 
+def rule_signals(*rule_sets: Mapping[str, float]) -> list[str]:
+    """The q_* columns the rules read, plus ``q_lang``, ``q_chars`` and ``q_words`` (the ledger
+    records them), in :data:`SIGNAL_COLUMNS` order."""
+    need = {"q_lang", "q_chars", "q_words"} | {"q_" + parse_rule(rule)[1] for rules in rule_sets for rule in rules}
+    return [c for c in SIGNAL_COLUMNS if c in need]
+
+
 def resolve_preset(preset: str, overrides: Mapping[str, float | None] | None = None) -> dict[str, float]:
     """The preset's rules with ``overrides`` applied (a new rule is appended; None removes one)."""
     if preset not in PRESETS:

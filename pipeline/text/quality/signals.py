@@ -2,8 +2,11 @@
 
 Everything is computed for a whole batch at once with polars expressions and numpy arrays --
 no Python loop per document per signal. The only per-item Python work is in
-:mod:`pipeline.text.quality.tokenize` (spaCy-rule tokenization of distinct non-trivial chunks, jieba
-on distinct Chinese blocks), memoized per process.
+:mod:`pipeline.text.quality.tokenize` (spaCy-rule tokenization of distinct non-trivial English
+chunks, memoized per process); Chinese words come from jieba's algorithm vectorized with numpy
+(:mod:`pipeline.text.quality.jieba_np`) as code point spans, and their features (length,
+letters, punctuation, stop words, a hash for n-grams) are read from code point tables.
+``compute_signals(..., columns=[...])`` computes only some columns (the values are the same).
 
 Definitions follow datatrove 0.10 (which the tests use as the oracle) so that thresholds mean
 the same thing as in the Gopher / C4 / FineWeb / FineWeb-2 papers' reference code:
@@ -52,7 +55,9 @@ the same thing as in the Gopher / C4 / FineWeb / FineWeb-2 papers' reference cod
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterable, Sequence
 
 import numpy as np
 import polars as pl
@@ -134,47 +139,71 @@ def _ratio(num: pl.Expr, den: pl.Expr) -> pl.Expr:
     return pl.when(den > 0).then(num.cast(pl.Float64) / den.cast(pl.Float64)).otherwise(0.0)
 
 
+_LINE_COLUMNS = frozenset({"q_dup_line_frac", "q_dup_line_char_frac", "q_nonblank_lines", "q_line_punct_frac", "q_short_lines_frac", "q_fw_dup_line_char_frac"})
+_PARAGRAPH_COLUMNS = frozenset({"q_dup_para_frac", "q_dup_para_char_frac"})
+_C4_COLUMNS = frozenset(c for c in SIGNAL_COLUMNS if c.startswith("q_c4_"))
+_NGRAM_COLUMNS = frozenset(c for c in SIGNAL_COLUMNS if c.endswith("gram_frac"))
+_WORD_COLUMNS = frozenset(
+    {"q_tokens", "q_words", "q_mean_word_len", "q_alpha_words_frac", "q_stopwords", "q_hash_ratio", "q_ellipsis_ratio", "q_newlines_per_word", "q_cjk_frac", "q_punct_frac"}
+)
+
+
 def compute_signals(
     texts: pa.Array | pa.ChunkedArray | pl.Series | Sequence[str | None],
     langs: Sequence[str] | pl.Series | None = None,
     *,
     zh_segmenter: str = "jieba",
     stopwords: dict[str, Sequence[str]] | None = None,
+    columns: Iterable[str] | None = None,
 ) -> pl.DataFrame:
     """Signals for each text (null texts count as empty), in input order.
 
     ``langs``: per row ``"en"`` or ``"zh"`` (anything but ``"zh"`` is tokenized as English);
-    default all English. ``stopwords`` replaces :data:`STOPWORDS` for the languages it names."""
+    default all English. ``stopwords`` replaces :data:`STOPWORDS` for the languages it names.
+    ``columns``: the ``q_*`` columns to compute (``q_lang`` always comes along), default all;
+    each has the same value either way, only the work for the others is skipped (no words are
+    made when no word or n-gram signal is asked for, no C4 lines without a C4 signal ...)."""
+    want = set(SIGNAL_COLUMNS) if columns is None else {"q_lang", *columns}
+    unknown = want - set(SIGNAL_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown signal columns {sorted(unknown)} (known: {', '.join(SIGNAL_COLUMNS)})")
+    schema = {c: t for c, t in _output_schema().items() if c in want}
     if isinstance(texts, (pa.Array, pa.ChunkedArray)):
         text = pl.Series("text", texts).cast(pl.String)
     else:
         text = pl.Series("text", texts, dtype=pl.String)
     n = len(text)
     if n == 0:
-        return pl.DataFrame(schema=_output_schema())
+        return pl.DataFrame(schema=schema)
     lang = pl.Series("q_lang", ["en"] * n if langs is None else list(langs), dtype=pl.String)
     docs = pl.DataFrame({"text": text.fill_null(""), "q_lang": lang}).with_row_index("doc")
     docs = docs.with_columns(q_lang=pl.when(pl.col("q_lang") == "zh").then(pl.lit("zh")).otherwise(pl.lit("en")))
 
-    out = _text_signals(docs)
-    out = out.join(_line_signals(docs), on="doc", how="left")
-    out = out.join(_paragraph_signals(docs), on="doc", how="left")
-    out = out.join(_c4_signals(docs), on="doc", how="left")
+    codes = _Codes.of(docs)
+    out = _text_signals(docs, codes, cjk="q_cjk_frac" in want, punct="q_punct_frac" in want)
+    if want & _LINE_COLUMNS:
+        out = out.join(_line_signals(docs), on="doc", how="left")
+    if want & _PARAGRAPH_COLUMNS:
+        out = out.join(_paragraph_signals(docs), on="doc", how="left")
+    if want & _C4_COLUMNS:
+        out = out.join(_c4_signals(docs), on="doc", how="left")
+    if want & (_WORD_COLUMNS | _NGRAM_COLUMNS):
+        words = _words(docs, zh_segmenter, stopwords or {}, codes)
+        if want & _WORD_COLUMNS:
+            out = out.join(_word_signals(words, docs), on="doc", how="left")
+        if want & _NGRAM_COLUMNS:
+            out = out.join(_ngram_signals(words, docs), on="doc", how="left")
 
-    langs_list = docs.get_column("q_lang").to_list()
-    words = tokenize.words(docs.select("doc", "text"), langs_list if "zh" in set(langs_list) else None, zh_segmenter)
-    out = out.join(_word_signals(words, docs, stopwords or {}), on="doc", how="left")
-    out = out.join(_ngram_signals(words, docs), on="doc", how="left")
-
-    out = out.sort("doc").with_columns(
-        q_hash_ratio=_ratio(pl.col("hashes"), pl.col("q_tokens")),
-        q_ellipsis_ratio=_ratio(pl.col("ellipses"), pl.col("q_tokens")),
-        q_newlines_per_word=_ratio(pl.col("newlines"), pl.col("q_tokens")),
+    derived = {
+        "q_hash_ratio": ("hashes", "q_tokens"),
+        "q_ellipsis_ratio": ("ellipses", "q_tokens"),
+        "q_newlines_per_word": ("newlines", "q_tokens"),
         # tokens partition the non-whitespace characters
-        q_cjk_frac=_ratio(pl.col("cjk"), pl.col("nonspace")),
-        q_punct_frac=_ratio(pl.col("punct"), pl.col("nonspace")),
-    )
-    return out.select([pl.col(c).cast(t) for c, t in _output_schema().items()])
+        "q_cjk_frac": ("cjk", "nonspace"),
+        "q_punct_frac": ("punct", "nonspace"),
+    }
+    out = out.sort("doc").with_columns(**{c: _ratio(pl.col(a), pl.col(b)) for c, (a, b) in derived.items() if c in want})
+    return out.select([pl.col(c).cast(t) for c, t in schema.items()])
 
 
 def _output_schema() -> dict:
@@ -189,24 +218,82 @@ def _output_schema() -> dict:
     return schema
 
 
-def _text_signals(docs: pl.DataFrame) -> pl.DataFrame:
+@dataclass
+class _Codes:
+    """The documents' code points laid end to end (int64) and each document's length."""
+
+    codes: np.ndarray
+    n_chars: np.ndarray
+
+    @staticmethod
+    def of(docs: pl.DataFrame) -> "_Codes":
+        texts = docs.get_column("text")
+        n_chars = texts.str.len_chars().to_numpy().astype(np.int64)
+        return _Codes(np.frombuffer("".join(texts.to_list()).encode("utf-32-le"), dtype=np.uint32).astype(np.int64), n_chars)
+
+
+def _text_signals(docs: pl.DataFrame, text: _Codes, cjk: bool = True, punct: bool = True) -> pl.DataFrame:
     t = pl.col("text")
     # str.splitlines() semantics: every line-break character, "\r\n" as one, no final empty line
-    sl = t.str.replace_all("\r\n", "\n", literal=True).str.replace_all(_LINEBREAKS_RE, "\n")
+    lines = docs.select("doc", "q_lang", q_chars=t.str.len_chars().cast(pl.Int64), sl=t.str.replace_all("\r\n", "\n", literal=True).str.replace_all(_LINEBREAKS_RE, "\n"))
+    sl = pl.col("sl")
     n_lines = pl.when(sl == "").then(0).otherwise(sl.str.count_matches("\n", literal=True) + 1 - sl.str.ends_with("\n").cast(pl.Int64))
-    return docs.select(
+    out = lines.with_columns(q_lines=n_lines.cast(pl.Int64)).select(
         "doc",
         "q_lang",
-        q_chars=t.str.len_chars().cast(pl.Int64),
-        cjk=t.str.count_matches(_CJK_RE),
-        punct=t.str.count_matches(f"[{_PUNCT_CLASS}]"),
-        hashes=t.str.count_matches("#", literal=True),
-        ellipses=t.str.count_matches("...", literal=True) + t.str.count_matches("\u2026", literal=True),
-        newlines=t.str.count_matches("\n", literal=True),
-        q_lines=n_lines.cast(pl.Int64),
-        q_bullet_lines_frac=_ratio(sl.str.count_matches(f"(?m)^[{_WS_NO_NL}]*[\u2022\\-]"), n_lines),
-        q_ellipsis_lines_frac=_ratio(sl.str.count_matches(f"(?m)(?:\\.\\.\\.|\u2026)[{_WS_NO_NL}]*$"), n_lines),
+        "q_chars",
+        "q_lines",
+        q_bullet_lines_frac=_ratio(sl.str.count_matches(f"(?m)^[{_WS_NO_NL}]*[\u2022\\-]"), pl.col("q_lines")),
+        q_ellipsis_lines_frac=_ratio(sl.str.count_matches(f"(?m)(?:\\.\\.\\.|\u2026)[{_WS_NO_NL}]*$"), pl.col("q_lines")),
     )
+    # character counts from the code points, the same numbers as polars' count_matches of the
+    # class or literal: one histogram of (document, character flags)
+    c, n = text.codes, docs.height
+    starts = np.r_[0, np.cumsum(text.n_chars)[:-1]]
+    flags = _flag_table()[c]
+    if cjk:
+        flags |= _regex_table("cjk", _CJK_RE, c)[c].view(np.uint8)
+    dot = c == 0x2E
+    if dot.any():  # non-overlapping "...": a run of k dots holds k // 3 (runs stop at a document's end)
+        first_dot = dot.copy()
+        first_dot[1:] &= ~dot[:-1]
+        nonempty = starts[text.n_chars > 0]
+        first_dot[nonempty] = dot[nonempty]
+        dot_start = np.flatnonzero(first_dot)
+        dots3 = np.bincount(np.repeat(np.arange(n), text.n_chars)[dot_start], weights=_run_lengths(dot, dot_start) // 3, minlength=n).astype(np.int64)
+    else:
+        dots3 = np.zeros(n, dtype=np.int64)
+    hist = np.bincount(np.repeat(np.arange(n, dtype=np.int64) * 32, text.n_chars) + flags, minlength=32 * n).reshape(n, 32)
+    per_flag = hist @ ((np.arange(32)[:, None] >> np.arange(5)[None, :]) & 1)  # documents x flags
+    zero = np.zeros(n, dtype=np.int64)
+    counts = {
+        "cjk": per_flag[:, 0] if cjk else zero,
+        "punct": per_flag[:, 1] if punct else zero,
+        "hashes": per_flag[:, 2],
+        "ellipses": dots3 + per_flag[:, 4],
+        "newlines": per_flag[:, 3],
+    }
+    return out.with_columns(**{k: pl.Series(v, dtype=pl.Int64) for k, v in counts.items()})
+
+
+@lru_cache(maxsize=1)
+def _flag_table() -> np.ndarray:
+    """Per code point: 2 in PUNCTUATION_SET, 4 "#", 8 "\\n", 16 "\u2026" (1 is left for CJK)."""
+    t = np.zeros(0x110000, dtype=np.uint8)
+    t[[ord(ch) for ch in PUNCTUATION_SET]] |= 2
+    t[0x23] |= 4
+    t[0x0A] |= 8
+    t[0x2026] |= 16
+    return t
+
+
+def _run_lengths(mask: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Length of the run of ``mask`` beginning at each of ``starts`` (run starts, ascending)."""
+    if not len(starts):
+        return np.zeros(0, dtype=np.int64)
+    idx = np.flatnonzero(mask)
+    first = np.isin(idx, starts, assume_unique=True)
+    return np.bincount(np.cumsum(first) - 1, minlength=len(starts))
 
 
 def _explode_lines(docs: pl.DataFrame, text: pl.Expr) -> pl.DataFrame:
@@ -292,11 +379,10 @@ def _c4_signals(docs: pl.DataFrame) -> pl.DataFrame:
     # splitlines() has no element after a final line break (nor any for "")
     lines = _explode_lines(docs, sl).filter(~(pl.col("last") & (pl.col("line") == "")))
     stripped = pl.col("line").str.strip_chars(tokenize.WS_CHARS)
-    lines = lines.with_columns(stripped.alias("s")).with_columns(
-        # the line is stripped: three words means two inner whitespace runs
-        words3=pl.col("s").str.contains(f"[^{_WS}][{_WS}]+[^{_WS}]+[{_WS}]+[^{_WS}]"),
-        c=pl.col("s").str.replace_all(_CITATION_RE, ""),
-    )
+    # only lines of at least three words can count (both variants require it): the line is
+    # stripped, so three words means two inner whitespace runs
+    lines = lines.with_columns(stripped.alias("s")).filter(pl.col("s").str.contains(f"[^{_WS}][{_WS}]+[^{_WS}]+[{_WS}]+[^{_WS}]"))
+    lines = lines.with_columns(words3=pl.lit(True), c=pl.col("s").str.replace_all(_CITATION_RE, ""))
     # a word of more than 1000 characters (only lines that long can have one)
     long = (lines.get_column("s").str.len_chars() > 1000).to_numpy()
     too_long = np.zeros(lines.height, dtype=bool)
@@ -325,46 +411,210 @@ def _c4_signals(docs: pl.DataFrame) -> pl.DataFrame:
     return docs.select("doc").join(stats, on="doc", how="left").fill_null(0)
 
 
-def _word_signals(words: pl.DataFrame, docs: pl.DataFrame, stopwords: dict) -> pl.DataFrame:
+def _excl_cumsum(a: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(a), dtype=np.int64)
+    if len(a) > 1:
+        np.cumsum(a[:-1], out=out[1:])
+    return out
+
+
+def _offsets(cnt: np.ndarray) -> np.ndarray:
+    """For segments of lengths ``cnt`` laid end to end: each element's offset in its segment."""
+    return np.arange(int(cnt.sum())) - np.repeat(_excl_cumsum(cnt), cnt)
+
+
+@dataclass
+class _Words:
+    """One entry per token (datatrove's ``split_into_words``), a document's tokens contiguous and
+    in text order: its document, a 64-bit hash (equal for equal tokens), its length in
+    characters, whether it has a character outside ``PUNCTUATION_SET`` (a Gopher "word"),
+    whether it has a letter (``\\p{L}``), and the index of the stop word it is in its row's
+    list (-1: none)."""
+
+    doc: np.ndarray
+    hash: np.ndarray
+    wlen: np.ndarray
+    nonsym: np.ndarray
+    alpha: np.ndarray
+    stop: np.ndarray
+
+    @staticmethod
+    def concat(parts: list["_Words"]) -> "_Words":
+        if not parts:
+            z = np.zeros(0, dtype=np.int64)
+            return _Words(z, z.astype(np.uint64), z, z.astype(bool), z.astype(bool), z)
+        return _Words(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("doc", "hash", "wlen", "nonsym", "alpha", "stop")))
+
+
+def _words(docs: pl.DataFrame, zh_segmenter: str, stopwords: dict, codes: _Codes | None = None) -> _Words:
+    """Tokens of every row: spaCy's English rules, or jieba (or characters) for Chinese rows.
+    ``codes``: the rows' code points, when at hand."""
+    lists = {lang: list(stopwords.get(lang, STOPWORDS[lang])) for lang in STOPWORDS}
+    is_zh = docs.get_column("q_lang") == "zh"
+    parts = []
+    if (~is_zh).any():
+        en = docs.select("doc", "text") if not is_zh.any() else docs.filter(~is_zh).select("doc", "text")
+        parts.append(_words_from_frame(tokenize.english_words(en), lists["en"]))
+    if is_zh.any():
+        zh = docs.select("doc", "text") if is_zh.all() else docs.filter(is_zh).select("doc", "text")
+        if zh_segmenter == "jieba":
+            known = (codes.codes, codes.n_chars) if codes is not None and is_zh.all() else None
+            parts.append(_words_from_codes(tokenize.chinese_code_tokens(zh, known), lists["zh"]))
+        else:
+            parts.append(_words_from_frame(tokenize.chinese_words(zh, zh_segmenter), lists["zh"]))
+    return _Words.concat(parts)
+
+
+def _stop_index(stop: list[str]) -> dict[str, int]:
+    index: dict[str, int] = {}
+    for i, w in enumerate(stop):
+        index.setdefault(w, i)
+    return index
+
+
+def _words_from_frame(words: pl.DataFrame, stop: list[str]) -> _Words:
     w = pl.col("word")
-    feats = words.with_columns(
-        wlen=w.str.len_chars(),
+    index = _stop_index(stop)
+    f = words.select(
+        doc=pl.col("doc").cast(pl.Int64),
+        hash=w.hash(),
+        wlen=w.str.len_chars().cast(pl.Int64),
         nonsym=w.str.contains(f"[^{_PUNCT_CLASS}]"),
         alpha=w.str.contains(r"\p{L}"),
+        is_stop=w.is_in(list(index)),
     )
-    per_doc = feats.group_by("doc").agg(
-        q_tokens=pl.len().cast(pl.Int64),
-        q_words=pl.col("nonsym").sum().cast(pl.Int64),
-        word_chars=pl.col("wlen").filter(pl.col("nonsym")).sum(),
-        nonspace=pl.col("wlen").sum(),
-        alpha=pl.col("alpha").sum(),
-    )
-    lists = {lang: list(stopwords.get(lang, STOPWORDS[lang])) for lang in STOPWORDS}
-    lang_of = docs.select("doc", "q_lang")
-    stop = (
-        words.filter(w.is_in(lists["en"] + lists["zh"]))
-        .join(lang_of, on="doc", how="left")
-        .filter(pl.when(pl.col("q_lang") == "zh").then(w.is_in(lists["zh"])).otherwise(w.is_in(lists["en"])))
-        .group_by("doc")
-        .agg(q_stopwords=w.n_unique().cast(pl.Int64))
-    )
-    return (
-        docs.select("doc")
-        .join(per_doc, on="doc", how="left")
-        .join(stop, on="doc", how="left")
-        .select(
-            "doc",
-            q_tokens=pl.col("q_tokens").fill_null(0),
-            q_words=pl.col("q_words").fill_null(0),
-            q_mean_word_len=pl.when(pl.col("q_words") > 0).then(pl.col("word_chars").cast(pl.Float64) / pl.col("q_words")),
-            q_alpha_words_frac=_ratio(pl.col("alpha").fill_null(0), pl.col("q_tokens").fill_null(0)),
-            q_stopwords=pl.col("q_stopwords").fill_null(0),
-            nonspace=pl.col("nonspace").fill_null(0),
-        )
+    stop_idx = np.full(f.height, -1, dtype=np.int64)
+    hit = np.flatnonzero(f.get_column("is_stop").to_numpy())
+    if len(hit):
+        stop_idx[hit] = words.get_column("word").gather(hit).replace_strict(index, return_dtype=pl.Int64).to_numpy()
+    return _Words(*(f.get_column(c).to_numpy() for c in ("doc", "hash", "wlen", "nonsym", "alpha")), stop_idx)
+
+
+@lru_cache(maxsize=1)
+def _punct_table() -> np.ndarray:
+    t = np.zeros(0x110000, dtype=bool)
+    t[[ord(c) for c in PUNCTUATION_SET]] = True
+    return t
+
+
+_regex_known: dict[str, np.ndarray] = {}  # per pattern and code point: 0 unknown, 1 match, 2 no match
+
+
+def _regex_table(name: str, pattern: str, codes: np.ndarray) -> np.ndarray:
+    """Per code point: does the one-character string match the (Rust) regex ``pattern``, the
+    class the string paths use (``\\p{L}``, :data:`_CJK_RE`). Decided by that regex, once per
+    code point, pattern and process, for the code points present."""
+    known = _regex_known.setdefault(name, np.zeros(0x110000, dtype=np.int8))
+    present = np.zeros(0x110000, dtype=bool)
+    present[codes] = True
+    new = np.flatnonzero(present & (known == 0))
+    new = new[(new < 0xD800) | (new > 0xDFFF)]
+    if len(new):
+        chars = pl.Series([chr(c) for c in new.tolist()], dtype=pl.String)
+        known[new] = np.where(chars.str.contains(pattern).to_numpy(), 1, 2)
+    return known == 1
+
+
+_HASH_M = np.uint64(0x100000001B3)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer (wrapping uint64)."""
+    x = x ^ (x >> np.uint64(30))
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+@lru_cache(maxsize=8)
+def _one_char_table(items: tuple[tuple[str, int], ...]) -> np.ndarray | None:
+    if not items:
+        return None
+    table = np.full(0x110000, -1, dtype=np.int64)
+    for w, i in items:
+        table[ord(w)] = i
+    return table
+
+
+def _words_from_codes(tokens: tokenize.CodeTokens, stop: list[str]) -> _Words:
+    codes, start, doc = tokens.codes, tokens.start, tokens.doc
+    n_tok = len(start)
+    if n_tok == 0:
+        return _Words.concat([])
+    wlen = np.diff(np.r_[start, len(codes)])
+    nonsym = np.logical_or.reduceat(~_punct_table()[codes], start)
+    alpha = np.logical_or.reduceat(_regex_table("alpha", r"\p{L}", codes)[codes], start)
+    # a 64-bit hash per token (equal tokens, equal hashes), through splitmix64's finalizer, a
+    # bijection: a token of at most 3 code points packs exactly into 63 bits (none holds a NUL
+    # but the one-character token "\\0"), so distinct short tokens never collide; longer ones
+    # hash their code points polynomially, with the top bit set
+    key = codes[start].astype(np.uint64)
+    for j in (1, 2):
+        has = np.flatnonzero(wlen > j)
+        key[has] |= codes[start[has] + j].astype(np.uint64) << np.uint64(21 * j)
+    long = np.flatnonzero(wlen > 3)
+    if len(long):
+        lw = wlen[long]
+        pos = np.repeat(start[long], lw) + _offsets(lw)
+        off = pos - np.repeat(start[long], lw)
+        powers = np.ones(int(lw.max()), dtype=np.uint64)
+        powers[1:] = np.cumprod(np.full(len(powers) - 1, _HASH_M, dtype=np.uint64))
+        poly = np.add.reduceat(_mix64(codes[pos].astype(np.uint64) + np.uint64(1)) * powers[off], _excl_cumsum(lw))
+        key[long] = (poly ^ lw.astype(np.uint64)) | np.uint64(1 << 63)
+    h = _mix64(key)
+    stop_idx = np.full(n_tok, -1, dtype=np.int64)
+    index = _stop_index(stop)
+    # one-character stop words by a table over code points; longer ones compared character-wise
+    one = _one_char_table(tuple((w, i) for w, i in index.items() if len(w) == 1))
+    if one is not None:
+        cand = np.flatnonzero(wlen == 1)
+        stop_idx[cand] = one[codes[start[cand]]]
+    for w, i in index.items():
+        if len(w) < 2:
+            continue
+        cand = np.flatnonzero(wlen == len(w))
+        ok = np.ones(len(cand), dtype=bool)
+        for j, ch in enumerate(w):
+            ok &= codes[start[cand] + j] == ord(ch)
+        stop_idx[cand[ok]] = i
+    return _Words(doc, h, wlen, nonsym, alpha, stop_idx)
+
+
+def _word_signals(words: _Words, docs: pl.DataFrame) -> pl.DataFrame:
+    n = docs.height
+    d = words.doc
+    q_tokens = np.bincount(d, minlength=n)
+    q_words = np.bincount(d, weights=words.nonsym, minlength=n).astype(np.int64)
+    word_chars = np.bincount(d, weights=words.wlen * words.nonsym, minlength=n)
+    nonspace = np.bincount(d, weights=words.wlen, minlength=n).astype(np.int64)
+    alpha = np.bincount(d, weights=words.alpha, minlength=n)
+    hit = words.stop >= 0
+    pairs = np.unique(d[hit] * (int(words.stop.max(initial=0)) + 1) + words.stop[hit])  # distinct (doc, stop word)
+    q_stop = np.bincount(pairs // (int(words.stop.max(initial=0)) + 1), minlength=n) if len(pairs) else np.zeros(n, dtype=np.int64)
+    return pl.DataFrame(
+        {
+            "doc": docs.get_column("doc"),
+            "q_tokens": q_tokens.astype(np.int64),
+            "q_words": q_words,
+            "word_chars": word_chars,
+            "alpha": alpha,
+            "q_stopwords": q_stop.astype(np.int64),
+            "nonspace": nonspace,
+        }
+    ).select(
+        "doc",
+        "q_tokens",
+        "q_words",
+        q_mean_word_len=pl.when(pl.col("q_words") > 0).then(pl.col("word_chars") / pl.col("q_words")),
+        q_alpha_words_frac=_ratio(pl.col("alpha"), pl.col("q_tokens")),
+        q_stopwords="q_stopwords",
+        nonspace="nonspace",
     )
 
 
-def _ngram_signals(words: pl.DataFrame, docs: pl.DataFrame) -> pl.DataFrame:
+def _ngram_signals(words: _Words, docs: pl.DataFrame) -> pl.DataFrame:
     """Top n-gram and duplicated n-gram character fractions (datatrove's GopherRepetitionFilter).
 
     Words are hashed to 64 bits and n-grams to polynomial hashes of their words (collisions are
@@ -375,11 +625,9 @@ def _ngram_signals(words: pl.DataFrame, docs: pl.DataFrame) -> pl.DataFrame:
     chars = np.maximum(docs.get_column("text").str.len_chars().to_numpy().astype(np.float64), 1.0)
     out = {f"q_top_{n}gram_frac": np.zeros(n_docs) for n in NGRAM_TOP}
     out.update({f"q_dup_{n}gram_frac": np.zeros(n_docs) for n in NGRAM_DUP})
-    N = words.height
+    N = len(words.doc)
     if N:
-        d = words.get_column("doc").to_numpy().astype(np.int64)
-        h = words.get_column("word").hash().to_numpy()
-        wl = words.get_column("word").str.len_chars().to_numpy().astype(np.int64)
+        d, h, wl = words.doc, words.hash, words.wlen
         cs = np.zeros(N + 1, dtype=np.int64)
         np.cumsum(wl, out=cs[1:])
         starts = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])

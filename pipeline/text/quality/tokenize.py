@@ -18,11 +18,18 @@ chunk, so only the **distinct** chunks are tokenized:
 
 Chinese follows what datatrove runs for ``cmn_Hani`` (``spacy.blank("zh")`` with the jieba
 segmenter, i.e. ``jieba.cut(text, HMM=True)`` minus whitespace): the text is cut with jieba's
-own block regex ``[\\u4E00-\\u9FD5a-zA-Z0-9+#&._%-]+`` (polars); each distinct block is
-segmented by ``jieba.lcut`` once (memoized); every other non-space character is a token.
-``zh_segmenter="jieba-rs"`` segments the blocks with jieba-rs (``rjieba``, optional) plus a
-small fix-up that reproduces Python jieba's HMM fallback on ASCII runs: identical tokens on all
-87,046 distinct blocks of the shared Chinese corpus, about 9x faster. With
+own block regex ``[\\u4E00-\\u9FD5a-zA-Z0-9+#&._%\\-]+``; every other non-space character is a token.
+The default, ``zh_segmenter="jieba"``, runs jieba's algorithm on jieba's dictionary and HMM
+tables vectorized over all blocks of a batch (:mod:`pipeline.text.quality.jieba_np`: the same
+words as Python jieba by construction, tested on every distinct block of the shared corpora) and
+never makes a string per word (:func:`chinese_code_tokens`: tokens as code point spans).
+``"jieba-py"`` is Python jieba itself, block by block (``jieba.lcut`` on each distinct block,
+memoized): the reference, and what ``"jieba"`` was before. ``"jieba-rs"`` segments the blocks
+with jieba-rs (``rjieba``, optional) plus a fix-up for Python jieba's HMM fallback on ASCII runs;
+its HMM does not pick Python jieba's path on (near) ties -- "常在和人": Python's path S S S S beats
+B E S S by 1.5e-7 in log probability, jieba-rs takes the other, presumably from HMM
+probabilities that are not bit-identical -- so it segments 4 of the 503,179 distinct blocks of
+3,200 synthetic zhwiki articles differently. With
 ``zh_segmenter="chars"`` no segmenter is used: every Han character is a word and ASCII runs
 inside blocks stay whole (fully vectorized, less faithful to FineWeb-2).
 """
@@ -30,11 +37,14 @@ inside blocks stay whole (fully vectorized, less faithful to FineWeb-2).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import polars as pl
 
 from pipeline.text.quality import _spacy_en as _R
+from pipeline.text.quality import jieba_np
 
 # str.isspace() characters (what spaCy splits on). Rust's \s lacks \x1c-\x1f, so spell them out.
 WS_CLASS = r"\t\n\x0B\x0C\r\x1C-\x20\x85\xA0\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}"
@@ -391,12 +401,14 @@ def _rjieba_tokens(block: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-ZH_SEGMENTERS = ("jieba", "jieba-rs", "chars")
+ZH_SEGMENTERS = ("jieba", "jieba-py", "jieba-rs", "chars")
 
 
 def chinese_words(docs: pl.DataFrame, segmenter: str = "jieba") -> pl.DataFrame:
-    """docs: (doc, text) -> (doc, word): jieba words (as datatrove's zh tokenizer), the same
-    from jieba-rs, or characters."""
+    """docs: (doc, text) -> (doc, word): jieba words (as datatrove's zh tokenizer) -- ``jieba``:
+    Python jieba's algorithm and data vectorized (:mod:`jieba_np`, the same words by
+    construction), ``jieba-py``: Python jieba itself, block by block (the reference),
+    ``jieba-rs``: the same from jieba-rs -- or characters (``chars``)."""
     if segmenter == "chars":
         return docs.select("doc", pl.col("text").str.extract_all(_ZH_CHARS_RE).alias("word")).explode("word").drop_nulls("word")
     if segmenter not in ZH_SEGMENTERS:
@@ -404,9 +416,68 @@ def chinese_words(docs: pl.DataFrame, segmenter: str = "jieba") -> pl.DataFrame:
     pieces = docs.select("doc", pl.col("text").str.extract_all(_ZH_PIECES_RE).alias("piece")).explode("piece").drop_nulls("piece")
     # one-character pieces are single tokens for jieba too (a lone Han or ASCII character)
     mask = pl.col("piece").str.len_chars() > 1
+    if segmenter == "jieba":
+        distinct = pieces.lazy().select(pl.col("piece").unique()).filter(mask).collect().get_column("piece")
+        if distinct.len() == 0:
+            return pieces.rename({"piece": "word"})
+        mapping = pl.DataFrame({"piece": distinct, "toks": jieba_np.segment(distinct.to_list())}, schema={"piece": pl.String, "toks": pl.String})
+        return _apply_mapping(pieces, mapping)
     if segmenter == "jieba-rs":
         return _map_pieces(pieces, mask, _rjieba_tokens, _zh_rs_cache)
     return _map_pieces(pieces, mask, _jieba_tokens, _zh_cache)
+
+
+@lru_cache(maxsize=1)
+def _char_classes() -> np.ndarray:
+    """Per code point: 0 a character that is a token by itself, 1 a jieba block character
+    (:data:`_JIEBA_BLOCK`), 2 whitespace (``str.isspace``, :data:`WS_CLASS`); the tests check
+    both classes against the regexes over every code point."""
+    cls = np.zeros(0x110000, dtype=np.uint8)
+    cls[0x4E00 : 0x9FD5 + 1] = 1
+    cls[[ord(c) for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+#&._%-"]] = 1
+    cls[[ord(c) for c in WS_CHARS]] = 2
+    return cls
+
+
+@dataclass
+class CodeTokens:
+    """Tokens as code points: ``codes`` (int64) holds the tokens' characters laid end to end
+    (whitespace dropped), token ``i`` is ``codes[start[i]:start[i + 1]]`` (the last one runs to
+    the end) and belongs to document ``doc[i]``; a document's tokens are contiguous, in order."""
+
+    codes: np.ndarray
+    start: np.ndarray
+    doc: np.ndarray
+
+
+def chinese_code_tokens(docs: pl.DataFrame, codes: tuple[np.ndarray, np.ndarray] | None = None) -> CodeTokens:
+    """docs: (doc, text) -> jieba's words as :class:`CodeTokens`, the same tokens as
+    ``chinese_words(docs, "jieba")`` without making a string per word: the texts' code points
+    are classified with a table, each run of block characters is segmented by
+    :func:`jieba_np.segment_codes`, every other non-space character is a token. ``codes``: the
+    texts' code points (int64, end to end) and lengths, when the caller has them."""
+    texts = docs.get_column("text")
+    if codes is None:
+        n_chars = texts.str.len_chars().fill_null(0).to_numpy().astype(np.int64)
+        codes = np.frombuffer("".join(texts.fill_null("").to_list()).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    else:
+        codes, n_chars = codes
+    n = len(codes)
+    cls = _char_classes()[codes]
+    doc_first = np.zeros(n, dtype=bool)
+    doc_first[(np.cumsum(n_chars) - n_chars)[n_chars > 0]] = True
+    blk = cls == 1
+    blk_start = blk & (doc_first | ~np.r_[False, blk[:-1]])
+    is_start = cls == 0  # a character outside blocks and whitespace is a token
+    bpos = np.flatnonzero(blk)
+    if len(bpos):
+        first = blk_start[bpos]
+        lens = np.bincount(np.cumsum(first) - 1)
+        is_start[bpos] = jieba_np.segment_codes(codes[bpos], lens)
+    keep = cls != 2
+    doc_of = np.repeat(docs.get_column("doc").to_numpy().astype(np.int64), n_chars)
+    start = np.flatnonzero(is_start[keep])
+    return CodeTokens(codes=codes[keep], start=start, doc=doc_of[keep][start])
 
 
 def words(docs: pl.DataFrame, langs: list[str] | None = None, zh_segmenter: str = "jieba") -> pl.DataFrame:
