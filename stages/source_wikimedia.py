@@ -84,6 +84,7 @@ class WikimediaDumpSource(SourceStage):
     version = "1"
     Config = WikimediaDumpConfig
     code_deps = ("pipeline.io.formats.mediawiki_xml", "pipeline.io.http")
+    pinned_by_resolve = ("date",)  # the concrete date is in the identity
 
     # ---- resolve: metadata only -------------------------------------------------------
     def resolve(self, rctx: RunContext) -> dict:

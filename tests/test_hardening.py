@@ -366,6 +366,9 @@ def test_offline_says_the_host_is_unreachable_and_uses_a_cached_dump(tmp_path):
     assert "as an earlier run pinned it" in " ".join(proc.stderr.split())
     same = lambda d: sorted((p.name, p.read_bytes()) for p in (tmp_path / d / "data").glob("*.arrow"))  # noqa: E731
     assert same("o1") == same("o2")
+    # the date 'latest' resolved to and that date written out are the same data: nothing re-runs
+    proc = run_cli("run", manifest, "--out", str(tmp_path / "o1"), *sample, *dead, "--set", f"sources.zhwiki.date={info.latest_date}", env=env)
+    assert proc.returncode == 0 and "ran 0 node(s), skipped 7" in proc.stderr, proc.stderr
 
 
 # ---- small frictions ----------------------------------------------------------------------------

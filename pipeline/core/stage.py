@@ -245,6 +245,9 @@ class SourceStage(Stage):
     """A source: ``Config`` (a SourceConfig subclass) replaces ``Params``."""
 
     Config: ClassVar[type[BaseModel]]
+    # Config fields whose concrete value resolve() pins in its identity (date: latest -> 20240601):
+    # left out of the fingerprint, so "latest" and the date it resolved to share finished work.
+    pinned_by_resolve: ClassVar[tuple[str, ...]] = ()
 
     def resolve(self, rctx: RunContext) -> dict:
         """Pin what will be read, cheaply (metadata requests only). Goes into the fingerprint and lock."""

@@ -74,7 +74,8 @@ def instantiate(dag: Dag) -> dict[str, Stage]:
 def fingerprint(stage: Stage, node_kind: str, inputs: list[str], resolved: dict | None) -> str:
     params = stage.params.model_dump(mode="json")
     if node_kind == "source":
-        params = {k: v for k, v in params.items() if k not in NON_DATA_SOURCE_FIELDS}
+        skip = NON_DATA_SOURCE_FIELDS | set(getattr(stage, "pinned_by_resolve", ()))
+        params = {k: v for k, v in params.items() if k not in skip}
     doc = {
         "impl": type(stage).name,
         "code": code_fingerprint(type(stage)),
