@@ -68,6 +68,7 @@ class QualityFilter(MapStage):
         "pipeline.text.quality.presets",
         "pipeline.text.quality.tokenize",
         "pipeline.text.quality.jieba_np",
+        "pipeline.text.quality.ragged",
         "pipeline.text.quality._spacy_en",
     )
     description = "heuristic quality signals (q_* columns) and Gopher / C4 / FineWeb / FineWeb-2 zh thresholds"

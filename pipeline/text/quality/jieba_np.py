@@ -51,6 +51,8 @@ from typing import Sequence
 
 import numpy as np
 
+from pipeline.text.quality.ragged import excl_cumsum, segment_offsets
+
 MAX_BLOCK = 400  # longer blocks go to Python jieba
 HAN_LO, HAN_HI = 0x4E00, 0x9FD5  # finalseg.re_han: [\u4E00-\u9FD5]
 _B, _E, _M, _S = 0, 1, 2, 3  # states in letter order: "the larger index" is Python's tie-break
@@ -246,18 +248,6 @@ def model() -> Model:
     return m
 
 
-def _excl_cumsum(a: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(a), dtype=np.int64)
-    if len(a) > 1:
-        np.cumsum(a[:-1], out=out[1:])
-    return out
-
-
-def _offsets(cnt: np.ndarray) -> np.ndarray:
-    """For segments of lengths ``cnt`` laid end to end: each element's offset in its segment."""
-    return np.arange(int(cnt.sum())) - np.repeat(_excl_cumsum(cnt), cnt)
-
-
 def _active_counts(lens_desc: np.ndarray) -> np.ndarray:
     """``out[d]`` = how many of the (decreasing) lengths exceed ``d``, for d = 0 .. max + 1."""
     return np.searchsorted(-lens_desc, -np.arange(int(lens_desc[0]) + 2), side="left")
@@ -272,7 +262,7 @@ def segment(blocks: Sequence[str]) -> list[str]:
     codes = np.frombuffer("".join(blocks).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
     lens = np.fromiter(map(len, blocks), dtype=np.int64, count=len(blocks))
     starts = segment_codes(codes, lens)
-    bstart = _excl_cumsum(lens)
+    bstart = excl_cumsum(lens)
     starts[bstart[lens > 0]] = False
     space = np.flatnonzero(starts)
     # a newline between blocks (before any space at the same place: none, spaces are inside), a
@@ -289,7 +279,7 @@ def segment_codes(codes: np.ndarray, lens: np.ndarray) -> np.ndarray:
     codes = np.asarray(codes, dtype=np.int64)
     lens = np.asarray(lens, dtype=np.int64)
     is_start = np.zeros(len(codes), dtype=bool)
-    bstart = _excl_cumsum(lens)
+    bstart = excl_cumsum(lens)
     is_start[bstart[lens > 0]] = True
     long = np.flatnonzero(lens > MAX_BLOCK)
     if len(long):
@@ -413,7 +403,7 @@ def _segment_short(m: Model, codes: np.ndarray, bstart: np.ndarray, lens: np.nda
         # dictionary buffers: every character is a word, as marked; the others go to finalseg.cut
         hb, hl = bs[~in_dict], bl[~in_dict]
         if len(hb):
-            off = _offsets(hl)
+            off = segment_offsets(hl)
             d0 = np.repeat(d_of[hb - n_blocks], hl)
             bpos = row[d0 - off + 1] + np.repeat(r_of[hb - n_blocks], hl)  # the buffers' characters, in text order
             on[bpos] = False
@@ -448,7 +438,7 @@ def _viterbi(m: Model, bpos: np.ndarray, c: np.ndarray, han: np.ndarray, han_sta
     rs, rl = rs[by_len], rl[by_len]
     max_len = int(rl[0])
     active = _active_counts(rl)  # active[t]: runs with a character at offset t
-    row0 = _excl_cumsum(active[:max_len])  # rows of offset t: row0[t] .. row0[t] + active[t]
+    row0 = excl_cumsum(active[:max_len])  # rows of offset t: row0[t] .. row0[t] + active[t]
     n_rows = int(active[:max_len].sum())
     back = np.zeros((n_rows, 4), dtype=np.int8)
     em = m.emit
@@ -538,5 +528,5 @@ def _skip_pieces(bpos: np.ndarray, c: np.ndarray, han: np.ndarray, other_start: 
     rel_all = np.asarray(offs, dtype=np.int64)
     # every run gets its distinct run's piece offsets
     per = counts[inverse]
-    k = np.repeat(_excl_cumsum(counts)[inverse], per) + _offsets(per)
+    k = np.repeat(excl_cumsum(counts)[inverse], per) + segment_offsets(per)
     is_start[bpos[np.repeat(starts, per) + rel_all[k]]] = True

@@ -64,6 +64,7 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.text.quality import tokenize
+from pipeline.text.quality.ragged import excl_cumsum, segment_offsets
 
 # datatrove.utils.text.PUNCTUATION / TERMINAL_PUNCTUATION (datatrove 0.10, Apache-2.0)
 PUNCTUATION = (
@@ -411,18 +412,6 @@ def _c4_signals(docs: pl.DataFrame) -> pl.DataFrame:
     return docs.select("doc").join(stats, on="doc", how="left").fill_null(0)
 
 
-def _excl_cumsum(a: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(a), dtype=np.int64)
-    if len(a) > 1:
-        np.cumsum(a[:-1], out=out[1:])
-    return out
-
-
-def _offsets(cnt: np.ndarray) -> np.ndarray:
-    """For segments of lengths ``cnt`` laid end to end: each element's offset in its segment."""
-    return np.arange(int(cnt.sum())) - np.repeat(_excl_cumsum(cnt), cnt)
-
-
 @dataclass
 class _Words:
     """One entry per token (datatrove's ``split_into_words``), a document's tokens contiguous and
@@ -557,11 +546,11 @@ def _words_from_codes(tokens: tokenize.CodeTokens, stop: list[str]) -> _Words:
     long = np.flatnonzero(wlen > 3)
     if len(long):
         lw = wlen[long]
-        pos = np.repeat(start[long], lw) + _offsets(lw)
+        pos = np.repeat(start[long], lw) + segment_offsets(lw)
         off = pos - np.repeat(start[long], lw)
         powers = np.ones(int(lw.max()), dtype=np.uint64)
         powers[1:] = np.cumprod(np.full(len(powers) - 1, _HASH_M, dtype=np.uint64))
-        poly = np.add.reduceat(_mix64(codes[pos].astype(np.uint64) + np.uint64(1)) * powers[off], _excl_cumsum(lw))
+        poly = np.add.reduceat(_mix64(codes[pos].astype(np.uint64) + np.uint64(1)) * powers[off], excl_cumsum(lw))
         key[long] = (poly ^ lw.astype(np.uint64)) | np.uint64(1 << 63)
     h = _mix64(key)
     stop_idx = np.full(n_tok, -1, dtype=np.int64)
