@@ -29,7 +29,14 @@ Items/s is per CPU second of that one core.
 Accuracy is the mean over languages of the per-language share of items labelled with the
 file's code (every language weighs the same; a language the backend cannot output counts 0).
 
-    python benchmarks/bench_lid.py                        # default cascade and lingua, side by side
+A backend written ``NAME@REV`` is that backend of ``pipeline/text/lid.py`` (or, for commits
+before the layout change, ``pipeline/lid.py``) as of git revision ``REV``, read with ``git show``
+into a temporary module: ``--baselines`` (default ``12c0208``, the default before the short-text
+work) adds the default backend as of each revision, so old and new are measured in one run, on
+the same machine and data.
+
+    python benchmarks/bench_lid.py                        # old default, default cascade and lingua, side by side
+    python benchmarks/bench_lid.py --baselines 12c0208 9a40fb4   # the default as of several commits
     python benchmarks/bench_lid.py --backends all         # every backend
     python benchmarks/bench_lid.py --backends cld2 cld2+lingua --errors
     python benchmarks/bench_lid.py --long                 # also documents/s on long zhwiki articles
@@ -64,6 +71,8 @@ PAIRS_MIN_CHARS = 10  # "pairs": two-word phrases of at least this many characte
 REPEAT = 3  # timed passes (best one counts) while a pass takes under REPEAT_UNDER_S
 REPEAT_UNDER_S = 5
 TARGET_SPEED = 20_000  # items per CPU second, the issue's target for the default
+OLD_DEFAULT = "12c0208"  # the last commit whose default cascade trusted CLD2 whenever it called itself reliable
+LID_PATHS = ("pipeline/text/lid.py", "pipeline/lid.py")  # where lid.py lived at a revision (newest layout first)
 
 
 # --------------------------------------------------------------------------- data
@@ -208,6 +217,36 @@ def build_sets(args) -> dict[str, list[tuple[str, str, int]]]:
     return sets
 
 
+def lid_at(rev: str):
+    """``pipeline/text/lid.py`` (or ``pipeline/lid.py``) as of git revision ``rev``, imported as a
+    module of its own from a temporary file (the working tree and the index are not touched)."""
+    import importlib.util
+    import tempfile
+
+    for path in LID_PATHS:
+        proc = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{path}"], capture_output=True, text=True)
+        if proc.returncode == 0:
+            break
+    else:
+        raise RuntimeError(f"no lid.py at revision {rev!r} ({' or '.join(LID_PATHS)}): {proc.stderr.strip()}")
+    stem = "".join(c if c.isalnum() else "_" for c in rev)
+    with tempfile.TemporaryDirectory(prefix="bench_lid_") as folder:
+        file = Path(folder) / f"lid_{stem}.py"
+        file.write_text(proc.stdout, encoding="utf-8")
+        name = f"bench_lid_at_{stem}"
+        spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def get_backend(spec: str):
+    """``NAME`` (this checkout) or ``NAME@REV`` (``lid.py`` as of a git revision)."""
+    name, _, rev = spec.partition("@")
+    return (lid_at(rev) if rev else lid).get_backend(name)
+
+
 def timed(backend: lid.Backend, texts: list[str]) -> tuple[list[str], float, dict | None]:
     if hasattr(backend, "stats"):
         backend.stats = dict.fromkeys(backend.stats, 0)
@@ -226,7 +265,8 @@ def timed(backend: lid.Backend, texts: list[str]) -> tuple[list[str], float, dic
 def run_one(name: str, args) -> dict:
     """In a child process: load, warm up, then time and score one backend on every set."""
     core = pin_one_core()
-    backend = lid.get_backend(name)
+    load_avg = _load()
+    backend = get_backend(name)
     sets = build_sets(args)
     # warm-up: each file's third line (a dev line that the dev sample skips for all but the
     # smallest files), plus a few short strings
@@ -235,7 +275,7 @@ def run_one(name: str, args) -> dict:
     backend.load()
     backend.predict(warm)
     load_s = time.process_time() - t0
-    out = {"backend": name, "core": core, "load_s": load_s, "packages": backend.packages, "license": backend.license, "sets": {}}
+    out = {"backend": name, "core": core, "load_avg_start": load_avg, "load_s": load_s, "packages": backend.packages, "license": backend.license, "sets": {}}
     supported = backend.supported_languages
     for set_name, items in sets.items():
         gold, texts = [g for g, _, _ in items], [t for _, t, _ in items]
@@ -250,6 +290,7 @@ def run_one(name: str, args) -> dict:
         if args.errors:
             res["confusions"] = Counter(f"{g}->{p}" for g, p in zip(gold, pred) if g != p).most_common(25)
         out["sets"][set_name] = res
+    out["load_avg_end"] = _load()
     return out
 
 
@@ -259,8 +300,10 @@ def run_long(name: str, folder: Path) -> list[dict]:
     pin_one_core()
     docs = [p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.txt"))]
     rows = []
+    bname, _, rev = name.partition("@")
+    module = lid_at(rev) if rev else lid
     for chars in (lid.DEFAULT_CHARS, 0):
-        backend = lid.get_backend(name, chars).load()
+        backend = module.get_backend(bname, chars).load()
         backend.predict([d[:200] for d in docs[:5]])
         secs = float("inf")
         for _ in range(REPEAT):
@@ -285,45 +328,61 @@ def _load() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
+def _label(name: str) -> str:
+    bname, _, rev = name.partition("@")
+    if rev:
+        return f"*{bname} as of {rev}*" + (" (old default)" if rev == OLD_DEFAULT else "")
+    return f"**{bname}** (default)" if bname == lid.DEFAULT_BACKEND else bname
+
+
+ACC_KEYS = ("short-dev", "short-test", "pairs-dev", "pairs-test", "sentences-dev", "sentences-test")
+SPEED_KEYS = ("short-test", "pairs-test", "sentences-test")
+
+
 def report(results: list[dict], args, load_start: str) -> None:
     have_reviews = any("reviews-test" in r["sets"] for r in results)
     head = ["backend", "short dev", "short test", "2 words test", "pairs dev", "pairs test", "sentences dev", "sentences test"]
     if have_reviews:
         head += ["reviews zh dev", "reviews zh test"]
-    head += ["short/s", "sentences/s"] + (["reviews/s"] if have_reviews else [])
+    head += ["short/s", "pairs/s", "sentences/s"] + (["reviews/s"] if have_reviews else [])
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in results:
         s = r["sets"]
-        name = f"**{r['backend']}** (default)" if r["backend"] == lid.DEFAULT_BACKEND else r["backend"]
-        cells = [name] + [f"{s['short-dev']['acc_all']:.3f}", f"{s['short-test']['acc_all']:.3f}", f"{s['short-test']['two_words']:.3f}"]
+        cells = [_label(r["backend"])] + [f"{s['short-dev']['acc_all']:.3f}", f"{s['short-test']['acc_all']:.3f}", f"{s['short-test']['two_words']:.3f}"]
         cells += [f"{s[k]['acc_all']:.3f}" for k in ("pairs-dev", "pairs-test", "sentences-dev", "sentences-test")]
         if have_reviews:
             cells += [f"{s['reviews-dev']['zh']:.3f}", f"{s['reviews-test']['zh']:.3f}"]
-        cells += [f"{s['short-test']['per_s']:,.0f}", f"{s['sentences-test']['per_s']:,.0f}"]
+        cells += [f"{s[k]['per_s']:,.0f}" for k in SPEED_KEYS]
         if have_reviews:
             cells.append(f"{s['reviews-test']['per_s']:,.0f}")
         print("| " + " | ".join(cells) + " |")
     print()
     sizes = {k: v["n"] for k, v in results[0]["sets"].items()} if results else {}
     print("Items: " + ", ".join(f"{k} {v:,}" for k, v in sizes.items()) + ". Items/s: test parts, per CPU second of one core.")
-    ref = next((r for r in results if r["backend"] == "lingua"), None)
+    by_name = {r["backend"]: r for r in results}
+    ref = by_name.get("lingua")
     for r in results:
         s = r["sets"]
-        print(f"\n- {r['backend']}: {', '.join(f'{p} {v}' for p, v in r['packages'].items())}; model license {r['license']}; load+warm-up {r['load_s']:.1f} s")
+        print(f"\n- {r['backend']}: {', '.join(f'{p} {v}' for p, v in r['packages'].items())}; model license {r['license']}; load+warm-up {r['load_s']:.1f} s; "
+              f"load average {r.get('load_avg_start', '?')} at its start, {r.get('load_avg_end', '?')} at its end")
         mix_n = sum(s[k]["n"] for k in ("short-test", "sentences-test"))
         mix_s = sum(s[k]["secs"] for k in ("short-test", "sentences-test"))
         print(f"  short-test + sentences-test together: {mix_n / mix_s:,.0f} items/s")
-        for k in ("short-test", "sentences-test"):
+        for k in ("short-test", "pairs-test", "sentences-test"):
             if s[k].get("route"):
                 print(f"  routed ({k}): {_fmt_route(s[k]['route'])}")
-        if r["backend"] == lid.DEFAULT_BACKEND and ref is not None:
-            checks = []
-            for k in ("short-dev", "short-test", "pairs-dev", "pairs-test", "sentences-dev", "sentences-test"):
-                checks.append(f"{k} {s[k]['acc_all'] - ref['sets'][k]['acc_all']:+.3f}")
-            checks.append(f"2 words test {s['short-test']['two_words'] - ref['sets']['short-test']['two_words']:+.3f}")
-            speed = [f"{k} {'ok' if s[k]['per_s'] >= TARGET_SPEED else 'BELOW'}" for k in ("short-test", "sentences-test")]
-            print(f"  vs lingua: {', '.join(checks)}; >= {TARGET_SPEED:,}/s: {', '.join(speed)}")
+        if r["backend"] == lid.DEFAULT_BACKEND:
+            if ref is not None:
+                checks = [f"{k} {s[k]['acc_all'] - ref['sets'][k]['acc_all']:+.3f}" for k in ACC_KEYS]
+                checks.append(f"2 words test {s['short-test']['two_words'] - ref['sets']['short-test']['two_words']:+.3f}")
+                speed = [f"{k} {'ok' if s[k]['per_s'] >= TARGET_SPEED else 'BELOW'}" for k in ("short-test", "sentences-test")]
+                print(f"  vs lingua: {', '.join(checks)}; >= {TARGET_SPEED:,}/s: {', '.join(speed)}")
+            for other, o in by_name.items():
+                if other.startswith(lid.DEFAULT_BACKEND + "@"):
+                    acc = ", ".join(f"{k} {s[k]['acc_all'] - o['sets'][k]['acc_all']:+.3f}" for k in ACC_KEYS)
+                    speed = ", ".join(f"{k} {s[k]['per_s'] / o['sets'][k]['per_s']:.2f}x" for k in SPEED_KEYS)
+                    print(f"  vs {other}: {acc}; speed {speed}")
         weak = sorted((a, g) for g, a in s["short-test"]["by_lang"].items() if a < 0.7)
         if weak:
             print(f"  short test below 0.70: {' '.join(f'{g} {a:.2f}' for a, g in weak)}")
@@ -342,7 +401,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sentences", type=Path, default=DEFAULT_SENTENCES)
     ap.add_argument("--reviews-dir", type=Path, default=DEFAULT_REVIEWS)
-    ap.add_argument("--backends", nargs="+", default=[lid.DEFAULT_BACKEND, "lingua"], choices=[*lid.backend_names(), "all"])
+    ap.add_argument("--backends", nargs="+", default=[lid.DEFAULT_BACKEND, "lingua"], metavar="NAME[@REV]",
+                    help=f"backends to measure: {', '.join(lid.backend_names())}, or all; NAME@REV: as of a git revision")
+    ap.add_argument("--baselines", nargs="*", default=[OLD_DEFAULT], metavar="REV",
+                    help=f"also the default backend as of these git revisions (default: {OLD_DEFAULT}, the old default; none: --baselines)")
     ap.add_argument("--short-per-lang", type=int, default=200, help="short windows per language and part")
     ap.add_argument("--sentences-per-lang", type=int, default=200, help="sentences per language and part (0 = the whole part)")
     ap.add_argument("--reviews", type=int, default=2000, help="reviews per part (0 = all)")
@@ -364,7 +426,11 @@ def main() -> None:
         print(json.dumps(run_long(args.long_child, args.long_docs)))
         return
 
-    names = lid.backend_names() if "all" in args.backends else list(dict.fromkeys(args.backends))
+    names = lid.backend_names() if "all" in args.backends else list(args.backends)
+    for name in names:
+        if name.partition("@")[0] not in lid.backend_names():
+            ap.error(f"unknown backend {name!r}; choose from {', '.join(lid.backend_names())}")
+    names = list(dict.fromkeys([f"{lid.DEFAULT_BACKEND}@{rev}" for rev in args.baselines] + names))
     passthrough = ["--sentences", str(args.sentences), "--reviews-dir", str(args.reviews_dir), "--short-per-lang", str(args.short_per_lang),
                    "--sentences-per-lang", str(args.sentences_per_lang), "--reviews", str(args.reviews), "--seed", str(args.seed)]
     load_start = _load()

@@ -335,8 +335,10 @@ def test_han_override_keeps_chinese_list_pages_but_not_japanese_or_english():
     assert kept["id"].to_pylist() == ["a"] and kept["lang"].to_pylist() == ["zh"]
     assert sorted(removed["reason"].to_pylist()) == ["lang:en", "lang:ja"]
     assert stats["lid_han_override"] == 1
-    kept, removed, _ = LidFilter(Params(keep=["zh"], han_override=None), "lang").process(t)
-    assert "a" not in kept["id"].to_pylist()
+    # off: the model's answer stands (CLD2 calls the list page English; the default cascade
+    # now calls this one Chinese: py3langid is sure of it where CLD2's English scores low)
+    kept, removed, stats = LidFilter(Params(keep=["zh"], backend="cld2", han_override=None), "lang").process(t)
+    assert "a" not in kept["id"].to_pylist() and stats["lid_han_override"] == 0
 
 
 # --------------------------------------------------------------------------- short text, script, routing
@@ -405,22 +407,88 @@ def test_short_text_is_never_left_to_cld2_alone():
     assert langs[2:] == ["es", "de", "en"]
 
 
+def _route(backend, texts):
+    """(labels, {step: texts it decided}) of one predict call."""
+    before = dict(backend.stats)
+    langs, _ = backend.predict(texts)
+    return langs, {k: v - before.get(k, 0) for k, v in backend.stats.items() if v != before.get(k, 0)}
+
+
+CROATIAN = ("Zagreb je glavni i najveći grad Republike Hrvatske, smješten na jugozapadnom rubu Panonske nizine, "
+            "između rijeke Save na jugu i Medvednice na sjeveru, a u njemu živi gotovo milijun stanovnika.")
+GERMAN = "Berlin ist die Hauptstadt der Bundesrepublik Deutschland und mit rund 3,8 Millionen Einwohnern ihre größte Stadt."
+INDONESIAN = ("Jakarta adalah ibu kota negara Indonesia sekaligus kota terbesar di negara tersebut, dengan jumlah "
+              "penduduk lebih dari sepuluh juta jiwa pada tahun ini.")
+FRENCH = "La ville de Paris est la capitale de la France et la commune la plus peuplée du pays, avec plus de deux millions d'habitants."
+
+
 def test_sibling_languages_are_not_left_to_cld2_alone(monkeypatch):
-    # CLD2 confuses bs/hr/sr (ms/id, nb/nn/da, ...) even when it is sure: in a cascade with lingua,
-    # py3langid confirms such an answer or lingua decides among the group
-    croatian = ("Zagreb je glavni i najveći grad Republike Hrvatske, smješten na jugozapadnom rubu Panonske nizine, "
-                "između rijeke Save na jugu i Medvednice na sjeveru, a u njemu živi gotovo milijun stanovnika.")
-    german = "Berlin ist die Hauptstadt der Bundesrepublik Deutschland und mit rund 3,8 Millionen Einwohnern ihre größte Stadt."
+    # CLD2 confuses bs/hr/sr (nb/nn/da, zu/xh) even on longer text it is sure of: in a cascade with
+    # lingua, py3langid confirms such an answer or lingua decides among the group. On ms/id lingua
+    # is no better than CLD2 there, on st/tn CLD2 is nearly always right: its answer stands.
     real = lid.cld2_details
-    sure = {croatian: "hr", german: "de"}  # CLD2 reliable, with a high score, on both
+    sure = {CROATIAN: "hr", GERMAN: "de", INDONESIAN: "id"}  # CLD2 reliable, with a high score, on all
     monkeypatch.setattr(lid, "cld2_details", lambda t: (True, sure[t], 99.0, 1500.0, (sure[t],)) if t in sure else real(t))
-    for name, cld2_decides in [(lid.DEFAULT_BACKEND, {"de"}), ("cld2+lingua", {"de"}), ("cld2+langid", {"de", "hr"})]:
+    assert "hr" in lid.LONG_SIBLINGS and not {"ms", "id", "st", "tn"} & lid.LONG_SIBLINGS
+    for name, cld2_decides in [(lid.DEFAULT_BACKEND, {"de", "id"}), ("cld2+lingua", {"de", "id"}), ("cld2+langid", {"de", "hr", "id"})]:
         backend = lid.get_backend(name)
         for text, code in sure.items():
-            before = backend.stats["cld2"]
-            lang = backend.predict([text])[0][0]
-            assert (backend.stats["cld2"] == before + 1) == (code in cld2_decides), (name, code)
-            assert lang in (("hr", "bs", "sr") if code == "hr" else ("de",)), (name, lang)
+            (lang,), used = _route(backend, [text])
+            assert (used == {"cld2": 1}) == (code in cld2_decides), (name, code, used)
+            assert lang in (("hr", "bs", "sr") if code == "hr" else (code,)), (name, lang)
+
+
+def test_py3langid_decides_a_sibling_it_clearly_prefers(monkeypatch):
+    """CLD2 sure of Croatian, py3langid prefers Bosnian: with at least ``sibling_prefer`` of the
+    group's probability Bosnian stands (score: that share), below it lingua decides."""
+    real = lid.cld2_details
+    monkeypatch.setattr(lid, "cld2_details", lambda t: (True, "hr", 99.0, 1500.0, ("hr",)) if t == CROATIAN else real(t))
+    backend = lid.get_backend()
+    share = backend.sibling_prefer
+    monkeypatch.setattr(lid, "langid_prefer", lambda texts, groups, among=None: [("bs", share)] * len(texts))
+    langs, scores = backend.predict([CROATIAN])
+    assert langs == ["bs"] and scores == [pytest.approx(share)]
+    monkeypatch.setattr(lid, "langid_prefer", lambda texts, groups, among=None: [("bs", share - 0.01)] * len(texts))
+    assert _route(backend, [CROATIAN])[1] == {"lingua": 1}
+
+
+def test_langid_prefer_matches_langid_probs():
+    """Summing only a group's columns picks the same language as the full distribution."""
+    texts = [CROATIAN, GERMAN, INDONESIAN, "Oslo er hovedstaden i Norge", "dunia paling berpengaruh", "Hrvatska i Srbija", "", "12"]
+    groups = [lid._SIBLINGS_OF[c] for c in ("hr", "nb", "ms", "nn", "id", "sr", "da", "zu")]
+    probs, columns = lid.langid_probs(texts), lid._langid_columns()
+    for (best, share), row, group in zip(lid.langid_prefer(texts, groups), probs, groups):
+        mass = {c: sum(float(row[k]) for k in columns.get(c, ())) for c in sorted(group)}
+        assert best == max(sorted(group), key=mass.get) and share == pytest.approx(mass[best] / sum(mass.values()), abs=1e-4)
+
+
+def test_agreement_stands_on_short_text_also_for_siblings():
+    # where CLD2 and py3langid agree on a language of a sibling group, lingua is wrong as often as
+    # they are (dev phrases): their answer stands, lingua is not asked
+    (langs, used) = _route(lid.get_backend(), ["tidak bisa", "kerajaan negeri", "umuntu omkhulu"])
+    assert langs == ["id", "ms", "zu"] and used == {"langid": 3}
+
+
+def test_py3langid_sure_decides_longer_text(monkeypatch):
+    """Longer text CLD2 does not settle (here: English with a low score) where py3langid is at
+    least ``langid_sure`` sure: py3langid answers, lingua is not asked; short text goes on to
+    lingua whatever py3langid's probability."""
+    real = lid.cld2_details
+    phrase = "les habitants du pays"
+    monkeypatch.setattr(lid, "cld2_details", lambda t: (True, "en", 60.0, 400.0, ("en", "fr")) if t in (FRENCH, phrase) else real(t))
+    backend = lid.get_backend()
+    assert float(lid.langid_probs([FRENCH]).max()) >= backend.langid_sure
+    assert _route(backend, [FRENCH]) == (["fr"], {"langid": 1})
+    assert _route(backend, [phrase]) == (["fr"], {"lingua": 1})
+
+
+def test_blind_candidates():
+    # lingua languages py3langid has no model for join lingua's candidates when py3langid's likely
+    # languages include one their text gets from it
+    assert lid._langid_blind() == {"mi", "tn", "ts"} == set(lid.LANGID_BLIND_NEIGHBOURS)
+    assert lid.blind_candidates({"lv", "en"}) == {"mi"}
+    assert lid.blind_candidates({"nso"}) == {"tn", "ts"}
+    assert lid.blind_candidates({"en", "fr", "de"}) == frozenset()
 
 
 @pytest.fixture(scope="module")
@@ -436,9 +504,11 @@ def held_out_short():
 
 
 def test_default_at_least_as_accurate_as_lingua_on_held_out_short_phrases(held_out_short):
-    """The issue's criterion on short text, on phrases the routing was not tuned on. Measured:
-    the old default (CLD2 trusted whenever it called itself reliable) 0.845, two words 0.808;
-    lingua 0.853 / 0.824; the default now 0.869 / 0.839."""
+    """The issue's criterion on short text, on phrases the routing was not tuned on, and the share
+    of them that reaches lingua (a proxy for throughput that does not depend on the machine:
+    25% now, 35% before agreement on a sibling language counted). Measured: the old default
+    (CLD2 trusted whenever it called itself reliable) 0.845, two words 0.808; lingua 0.853 /
+    0.824; the default now 0.867 / 0.836."""
     from bench_lid import score
 
     gold = [g for g, _, _ in held_out_short]
@@ -447,7 +517,11 @@ def test_default_at_least_as_accurate_as_lingua_on_held_out_short_phrases(held_o
     results = {}
     for name in (lid.DEFAULT_BACKEND, "lingua"):
         backend = lid.get_backend(name)
-        pred, _ = backend.predict(texts)
+        if name == lid.DEFAULT_BACKEND:
+            pred, used = _route(backend, texts)
+            assert used["lingua"] / len(texts) < 0.30, used
+        else:
+            pred, _ = backend.predict(texts)
         results[name] = (
             score(gold, pred, backend.supported_languages)["acc_all"],
             score([gold[i] for i in two], [pred[i] for i in two], backend.supported_languages)["acc_all"],
@@ -459,8 +533,8 @@ def test_default_at_least_as_accurate_as_lingua_on_held_out_short_phrases(held_o
 
 def test_default_at_least_as_accurate_as_lingua_on_held_out_sentences():
     """Sentences of the held-out part (20 per language), and the share of them that reaches lingua
-    (a proxy for throughput that does not depend on the machine: 5.7% now; default 0.972, lingua
-    0.962)."""
+    (a proxy for throughput that does not depend on the machine: 2.5% now, 5.7% before the
+    routing for speed; default 0.973, lingua 0.962)."""
     if not SENTENCES.is_dir():
         pytest.skip(f"shared lid-sentences corpus not present at {SENTENCES}")
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -476,7 +550,7 @@ def test_default_at_least_as_accurate_as_lingua_on_held_out_sentences():
     lingua_pred, _ = lid.get_backend("lingua").predict(texts)
     theirs = score(gold, lingua_pred, lid.get_backend("lingua").supported_languages)["acc_all"]
     assert ours >= theirs, (ours, theirs)
-    assert used["lingua"] / len(texts) < 0.10, used
+    assert used["lingua"] / len(texts) < 0.05, used
 
 
 def test_chinese_reviews_and_review_phrases_are_zh():
