@@ -197,7 +197,7 @@ def assert_failed_cleanly(proc: subprocess.CompletedProcess, out: Path, *needles
 def test_unreachable_mirror(tmp_path):
     out = tmp_path / "out"
     proc = run_cli("run", str(MANIFEST), "--out", str(out), "--set", "sources.zhwiki.mirror=http://127.0.0.1:9", env={"GRIST_CACHE": str(tmp_path / "c")})
-    assert_failed_cleanly(proc, out, "127.0.0.1:9", "request failed", "mirror")
+    assert_failed_cleanly(proc, out, "127.0.0.1:9", "cannot reach 127.0.0.1", "mirror")
 
 
 def test_date_not_done(tmp_path, mirror):
