@@ -14,6 +14,7 @@ SOURCES = {
     "local": "stages.source_local:LocalSource",
     "http": "stages.source_http:HttpSource",
     "hf": "stages.source_hf:HFSource",
+    "commoncrawl": "stages.source_commoncrawl:CommonCrawlSource",
 }
 
 STAGES = {
@@ -25,6 +26,9 @@ STAGES = {
     "dedup": "stages.dedup:Dedup",
     "tokenize": "stages.tokenize:Tokenize",
     "finetune_data": "stages.finetune_data:FinetuneData",
+    "html_extract": "stages.html_extract:HtmlExtract",
+    "url_filter": "stages.url_filter:UrlFilter",
+    "content_filter": "stages.content_filter:ContentFilter",
 }
 
 

@@ -47,6 +47,26 @@ DOC_SCHEMA = pa.schema(
     ]
 )
 
+# Web records, as web sources (commoncrawl, local WARC/WET files) yield them: the document columns
+# (``text`` empty for a WARC response, the extracted text for a WET conversion record; ``timestamp``
+# the WARC-Date) plus the raw payload and the headers that decide how to read it. ``html_extract``
+# turns them into documents. Ids: ``cc/<crawl>/<record uuid>`` (Common Crawl), ``<source>/<record
+# uuid>`` (local files).
+WEB_RECORD_SCHEMA = pa.schema(
+    [
+        *DOC_SCHEMA,
+        ("html", pa.binary()),  # the HTTP body (null for WET text)
+        ("content_type", pa.string()),  # the HTTP Content-Type header, as sent
+        ("http_status", pa.int32()),
+        ("warc_type", pa.string()),
+        ("warc_record_id", pa.string()),
+        ("warc_date", pa.string()),
+        ("payload_digest", pa.string()),
+        ("warc_filename", pa.string()),
+        ("crawl", pa.string()),
+    ]
+)
+
 # The removal ledger: what was dropped, by which node, why, and the signals that decided it.
 REMOVED_SCHEMA = pa.schema(
     [
