@@ -332,3 +332,26 @@ def test_cli_intended_use_commercial_refuses_nc(tmp_path, mirror):
     assert [c["rule"] for c in json.loads(checked.stdout)["license"]["conflicts"]] == ["intended-use"]
     flat = " ".join(checked.stderr.split())
     assert "[intended-use]" in flat and "intended_use: commercial" in flat and "'web' (CC-BY-NC-4.0) allows non-commercial use only" in flat
+
+
+# ---------------------------------------------------------------------------------------------
+# crawled web text (issue 13): the pages are their owners' copyright, never silently licensed
+
+
+def test_crawled_text_is_not_licensed_and_says_what_that_means(tmp_path):
+    cc = "LicenseRef-CommonCrawl-ToU"
+    web = assessed(tmp_path, cc, top="intended_use: commercial\n")
+    assert web.ok and web.output_license == cc and web.use == "unknown"  # no conflict: a note, not a refusal
+    text = "\n".join(web.obligations)
+    assert "remain the copyright of their owners" in text and "https://commoncrawl.org/terms-of-use" in text
+    assert "attribution by URL" in text and "removal requests" in text and "declared intended use (commercial)" in text
+    assert "licensed under" not in " ".join(a["notice"] for a in web.attribution)
+    mixed = assessed(tmp_path, "CC-BY-SA-4.0 AND CC-BY-SA-3.0", cc)
+    assert mixed.ok, mixed.conflicts  # share-alike does not reach documents nobody licenses
+    assert mixed.output_license == f"CC-BY-SA-4.0 AND {cc}" and mixed.share_alike == "CC-BY-SA-4.0"
+    text = "\n".join(mixed.obligations)
+    assert "distribute the documents that come from s0, and adaptations of them, under CC-BY-SA-4.0" in text
+    assert "the documents of s1 are not under CC-BY-SA-4.0" in text
+    # a non-commercial licensed source beside crawled text still limits the licensed documents' use
+    nc = assessed(tmp_path, "CC-BY-NC-4.0", cc)
+    assert nc.ok and "the licensed documents allow non-commercial use" in "\n".join(nc.obligations)

@@ -39,6 +39,9 @@ class LicenseClass:
     version: str | None = None
     no_derivatives: bool = False
     use_restrictions: bool = False  # behavioural-use clauses (OpenRAIL) that must be passed on
+    # The documents are their owners' copyright and nobody in the chain licenses them (crawled web
+    # pages): never "licensed under" anything, never relicensed by share-alike, use not granted.
+    third_party: bool = False
     known: bool = True  # False: not in the table, refused unless overridden
     override: bool = False  # classified by the source's license_override
     note: str = ""
@@ -181,6 +184,22 @@ _OTHERS: list[tuple] = [
 ]
 
 
+# Crawled web text: Common Crawl distributes pages under its Terms of Use, which grant no license to
+# the pages' content; each page stays the copyright of its owner (docs/licenses.md, Crawled web text).
+COMMON_CRAWL = "LicenseRef-CommonCrawl-ToU"
+_THIRD_PARTY = [
+    LicenseClass(
+        COMMON_CRAWL,
+        "Common Crawl Terms of Use; each page remains the copyright of its owner",
+        "https://commoncrawl.org/terms-of-use",
+        "unknown",
+        attribution=True,
+        third_party=True,
+        note="no license to the pages' text is granted; attribution by each document's URL",
+    ),
+]
+
+
 @lru_cache(maxsize=1)
 def license_table() -> dict[str, LicenseClass]:
     """Every license id the engine classifies (SPDX ids as license-expression spells them)."""
@@ -193,6 +212,8 @@ def license_table() -> dict[str, LicenseClass]:
     for lid, name, attribution, family, version, restricted, url in _OTHERS:
         note = "use-based restrictions must be passed on to downstream users" if restricted else ""
         table[lid] = LicenseClass(lid, name, url or _spdx_url(lid), "commercial", attribution, family, version, use_restrictions=restricted, note=note)
+    for cls in _THIRD_PARTY:
+        table[cls.id] = cls
     return table
 
 
@@ -483,9 +504,11 @@ def _evaluate(choice: dict[str, list[LicenseClass]], dag, intended: str | None) 
                 out.conflicts.append(_conflict("share-alike-incompatible", [a[0], b[0]], _share_alike_message(a, b)))
 
     # Share-alike licenses forbid adding restrictions: non-commercial, academic-only, behavioural-use clauses.
+    # Third-party documents add none: nobody licenses them, so share-alike does not reach them (each
+    # document keeps its own terms in the dataset; the obligations say so).
     target_use = _target_use(out.target, sa_items) if out.target else None
     for name, cls in considered:
-        if cls.share_alike:
+        if cls.share_alike or cls.third_party:
             continue
         victims = [(n, c) for n, c in sa_items if cls.use_restrictions or _USE_RANK[cls.use] > _USE_RANK[target_use or c.use]]
         if not victims:
@@ -502,7 +525,7 @@ def _evaluate(choice: dict[str, list[LicenseClass]], dag, intended: str | None) 
 
     if intended:
         limit = _INTENDED_MAX[intended]
-        offenders = [(n, c) for n, c in considered if _USE_RANK[c.use] > _USE_RANK[limit]]
+        offenders = [(n, c) for n, c in considered if _USE_RANK[c.use] > _USE_RANK[limit] and not c.third_party]  # third party: a note, not a license
         if offenders:
             out.conflicts.append(
                 _conflict(
@@ -628,38 +651,47 @@ def assess(manifest) -> Assessment:
         {
             "source": src.name,
             "license": _render(choice[src.name]),
-            "notice": src.attribution or f"{src.name}" + (f" ({src.homepage})" if src.homepage else "") + f", licensed under {_render(choice[src.name])}",
+            "notice": src.attribution or _default_notice(src, choice[src.name]),
             "license_url": src.license_url or next((c.url for c in choice[src.name] if c.url), None),
         }
         for src in manifest.sources
         if any(c.attribution for c in choice[src.name])
     ]
     # With a conflict there is no license the output could be distributed under: say so in SPDX's words.
-    output_license = (
-        "NOASSERTION" if conflicts else outcome.target or " AND ".join(dict.fromkeys(c.id for classes in choice.values() for c in classes))
-    )
+    third = list(dict.fromkeys(c.id for classes in choice.values() for c in classes if c.third_party))
+    licensed = outcome.target or " AND ".join(dict.fromkeys(c.id for classes in choice.values() for c in classes if not c.third_party))
+    output_license = "NOASSERTION" if conflicts else " AND ".join(x for x in [licensed, *third] if x)
     return Assessment(
         sources=sources,
         use=outcome.use,
         attribution=attribution,
         share_alike=outcome.target,
         output_license=output_license,
-        obligations=_obligations(choice, outcome, attribution, overrides, conflicts),
+        obligations=_obligations(choice, outcome, attribution, overrides, conflicts, intended),
         overrides=overrides,
         conflicts=conflicts,
         intended_use=intended,
     )
 
 
-def _obligations(choice, outcome: _Outcome, attribution: list[dict], overrides: list[dict], conflicts: list[dict]) -> list[str]:
+def _default_notice(src, classes: list[LicenseClass]) -> str:
+    where = f" ({src.homepage})" if src.homepage else ""
+    if all(c.third_party for c in classes):
+        return f"{src.name}{where}: web pages, each the copyright of its owner; each document's url names its page"
+    return f"{src.name}{where}, licensed under {_render(classes)}"
+
+
+def _obligations(choice, outcome: _Outcome, attribution: list[dict], overrides: list[dict], conflicts: list[dict], intended: str | None = None) -> list[str]:
     out: list[str] = []
+    third = {n: [c for c in cs if c.third_party] for n, cs in choice.items() if any(c.third_party for c in cs)}
     if conflicts:
         out.append(f"unresolved: {len(conflicts)} license conflict(s); the output cannot be distributed as configured")
     if outcome.target:
         cls = license_table().get(outcome.target)
         carriers = [n for n, cs in choice.items() if any(c.share_alike for c in cs)]
+        what = f"the documents that come from {', '.join(carriers)}, and adaptations of them," if third else "the output and adaptations of it"
         out.append(
-            f"share-alike: distribute the output and adaptations of it under {outcome.target}"
+            f"share-alike: distribute {what} under {outcome.target}"
             + (f" ({cls.url})" if cls and cls.url else "")
             + f", required by {', '.join(carriers)}"
         )
@@ -669,12 +701,30 @@ def _obligations(choice, outcome: _Outcome, attribution: list[dict], overrides: 
                     out.append(f"{n}: {c.id} material is adapted under {outcome.target} (one-way compatible)")
     elif len({c.id for cs in choice.values() for c in cs}) > 1 and not any(c.share_alike for cs in choice.values() for c in cs):
         out.append("no share-alike: each source keeps its own license; the output is under all of them (AND)")
-    if outcome.use != "commercial":
+    for n, cs in third.items():
+        for c in cs:
+            out.append(
+                f"{n}: crawled pages remain the copyright of their owners: no license to their text is granted by "
+                f"Common Crawl or by this dataset ({c.name}: {c.url}); the documents of {n} are not under "
+                + (f"{outcome.target} or any other license of this dataset" if outcome.target else "any license of this dataset")
+            )
+        out.append(f"{n}: attribution by URL: every document keeps its page's url (the url column of data/, ATTRIBUTION-urls.tsv.gz)")
+        out.append(f"{n}: honour removal requests from rights holders: drop the document (by url or id) and export again")
+        out.append(
+            f"{n}: whether {'the declared intended use (' + intended + ')' if intended else 'a use'} of crawled text is lawful "
+            "depends on the law where it is used (text-and-data-mining exceptions, fair use); it is not a license question this "
+            "assessment can settle"
+        )
+    licensed_use = [c.use for cs in choice.values() for c in cs if not c.third_party]
+    if outcome.use != "commercial" and (not third or (licensed_use and max(licensed_use, key=_USE_RANK.get) == outcome.use)):
         limiting = [f"{n} ({c.id})" for n, cs in choice.items() for c in cs if c.use == outcome.use]
         out.append(f"use: {outcome.use} only, because of {', '.join(limiting)}")
+    elif third:
+        out.append(f"use: not granted for the crawled documents of {', '.join(third)} (see above); " + (f"the licensed documents allow {max(licensed_use, key=_USE_RANK.get)} use" if licensed_use else "no document of this dataset is licensed"))
     for a in attribution:
         out.append(f"attribution: {a['source']}: {a['notice']}" + (f" <{a['license_url']}>" if a["license_url"] else ""))
-    if attribution and not any(c.share_alike for cs in choice.values() for c in cs):
+    licensed_attribution = [a for a in attribution if a["source"] not in third]
+    if licensed_attribution and not any(c.share_alike for cs in choice.values() for c in cs):
         out.append("permissive licenses keep their notices: ship each source's license text and copyright notice with the output")
     for n, cs in choice.items():
         for c in cs:
