@@ -1,5 +1,5 @@
 """Source ``local``: files on this machine (paths or globs of jsonl, json, parquet, arrow, txt,
-or MediaWiki XML dumps). Globs are relative to the manifest's folder. One partition per file,
+MediaWiki XML dumps, or WARC/WET web archives). Globs are relative to the manifest's folder. One partition per file,
 except that large uncompressed JSONL / line-text files are cut into byte ranges and Parquet files
 into row-group ranges of about ``partition_bytes`` (a partition is what one task holds in memory;
 document ids and order do not depend on the cut).
@@ -10,6 +10,15 @@ Fine-tuning sources (``task: classification`` or ``sft``) add string columns: ``
 ``label_field``, or ``label_value`` for a whole file), or ``instruction`` + ``response`` (with
 ``text`` = instruction + "\n" + response, so cleaning and filtering stages still see the text).
 A record without them goes to the ledger (``parse:missing-label`` ...), never silently away.
+
+WARC/WET files (``.warc``, ``.warc.gz``, ``.wet``, ``.wet.gz``, or ``format: warc|wet``) give web
+records (``WEB_RECORD_SCHEMA``, what ``html_extract`` reads): one row per ``response`` /
+``resource`` record (the HTTP body in ``html``) or WET ``conversion`` record (its text in
+``text``), id ``<source>/<record uuid>``. Other records (request, metadata, warcinfo, revisit)
+are not documents: counted in the task's stats, not yielded. Damaged stretches (a gzip member cut
+short, a lying Content-Length, junk, a record over ``max_record_bytes``) go to the ledger with
+the file and offset; a file with no WARC record at all stops the run naming it. One task per
+file, streamed: memory does not grow with the file (docs/warc.md).
 """
 
 from __future__ import annotations
@@ -21,21 +30,24 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from pipeline.common import storage
 from pipeline.common.errors import SourceError, StageError
 from pipeline.core.manifest import SourceConfig
-from pipeline.core.stage import DOC_SCHEMA, NodeContext, RunContext, SourceStage, removed_rows
+from pipeline.core.stage import DOC_SCHEMA, WEB_RECORD_SCHEMA, NodeContext, RunContext, SourceStage, removed_rows
 from pipeline.exec import task_sync
 from pipeline.io import remote
 from pipeline.io.formats import records as rec_fmt
+from pipeline.io.formats import warc as warc_fmt
 from pipeline.io.urls import redact_url
 
 # Columns that rows of a fine-tuning source carry beside DOC_SCHEMA's (all strings).
 TASK_COLUMNS = {"pretrain": [], "classification": ["label"], "sft": ["instruction", "response"]}
 
-Format = Literal["auto", "jsonl", "json", "parquet", "arrow", "txt", "mediawiki-xml"]
+Format = Literal["auto", "jsonl", "json", "parquet", "arrow", "txt", "mediawiki-xml", "warc", "wet"]
+WEB_FORMATS = ("warc", "wet")
 
 
 class RecordFields(SourceConfig):
@@ -58,6 +70,11 @@ class RecordFields(SourceConfig):
         32 * 2**20,
         ge=2**12,
         description="cut uncompressed JSONL / line-text files into byte ranges, Parquet files into row-group ranges, of about this size: one partition (task) each",
+    )
+    max_record_bytes: int = Field(
+        warc_fmt.DEFAULT_MAX_PAYLOAD,
+        ge=2**10,
+        description="warc/wet: a record whose block is larger goes to the ledger (warc:too-large) without being read into memory",
     )
 
     @model_validator(mode="after")
@@ -82,7 +99,7 @@ class LocalSource(SourceStage):
     name = "local"
     version = "1"
     Config = LocalConfig
-    code_deps = ("pipeline.io.formats.records", "pipeline.io.formats.mediawiki_xml")
+    code_deps = ("pipeline.io.formats.records", "pipeline.io.formats.mediawiki_xml", "pipeline.io.formats.warc")
 
     def _files(self, rctx: RunContext) -> list[Path]:
         base = Path(rctx.manifest.path).parent if rctx.manifest is not None else Path.cwd()
@@ -156,10 +173,23 @@ def read_files(stage: SourceStage, ctx: NodeContext, paths: list[Path]) -> None:
 
     cfg = stage.params
     pieces = []  # (file number, path, fmt, span or None): a file listed twice is read twice, numbered alike
-    for file_no, path in enumerate(paths):
-        fmt = cfg.format if cfg.format != "auto" else rec_fmt.detect_format(path.name)
+    fmts = [cfg.format if cfg.format != "auto" else detect_format(path.name) for path in paths]
+    web = [f in WEB_FORMATS for f in fmts]
+    if any(web) and not all(web):
+        other = paths[web.index(False)].name
+        raise StageError(
+            "a source mixes WARC/WET files with other files: web records and documents have different columns",
+            where=f"sources.{cfg.name}: {other}",
+            hint="give the WARC/WET files a source of their own",
+        )
+    if any(web):
+        _read_web_files(stage, ctx, paths, fmts)
+        return
+    for file_no, (path, fmt) in enumerate(zip(paths, fmts)):
         if fmt == "mediawiki-xml" and cfg.task != "pretrain":
-            raise StageError(f"task: {cfg.task} needs record files (jsonl, json, parquet, arrow, txt), not a MediaWiki dump", where=f"sources.{cfg.name}: {path.name}", hint="extract the dump's text with a pretraining manifest first, then label it")
+            raise StageError(
+                f"task: {cfg.task} needs record files (jsonl, json, parquet, arrow, txt), not a MediaWiki dump", where=f"sources.{cfg.name}: {path.name}", hint="extract the dump's text with a pretraining manifest first, then label it"
+            )
         pieces.extend((file_no, path, fmt, span) for span in _spans(path, fmt, cfg))
     firsts = _first_records(ctx, pieces)
     tasks = []
@@ -178,6 +208,16 @@ def read_files(stage: SourceStage, ctx: NodeContext, paths: list[Path]) -> None:
             piece = {"span": list(span), "first": first, "first_line": first_line} if span else None
             tasks.append((read_records_task, (str(path), fmt, cfg.txt_mode, fields, cfg.name, cfg.license, stage.node, out, removed, labels, piece)))
     ctx.run_tasks(_dispatch, tasks, desc="read files")
+
+
+def detect_format(name: str) -> str:
+    """The format of a file from its name: WARC/WET archives here, the rest by records.py."""
+    low = name.lower()
+    if low.endswith((".wet", ".wet.gz")):
+        return "wet"
+    if low.endswith((".warc", ".warc.gz")):
+        return "warc"
+    return rec_fmt.detect_format(name)
 
 
 def _spans(path: Path, fmt: str, cfg) -> list[tuple[int, int] | None]:
@@ -294,3 +334,122 @@ def _label(value) -> str | None:
 
 def _opt_str(value) -> str | None:
     return None if value is None else str(value)
+
+
+# ---- WARC / WET ------------------------------------------------------------------------------
+
+# A part is written a batch at a time: at most this many rows or payload bytes are held.
+WEB_BATCH_ROWS = 2000
+WEB_BATCH_BYTES = 32 * 2**20
+
+
+def _read_web_files(stage: SourceStage, ctx: NodeContext, paths: list[Path], fmts: list[str]) -> None:
+    """One task per WARC/WET file. (Per-record gzip files could be cut at member offsets into
+    several tasks later; a whole-file gzip or a plain file cannot be cut without reading it.)"""
+    cfg = stage.params
+    if cfg.task != "pretrain":
+        raise StageError(f"task: {cfg.task} needs record files (jsonl, json, parquet, arrow, txt), not WARC/WET files", where=f"sources.{cfg.name}", hint="extract the pages' text with a pretraining manifest first, then label it")
+    tasks = [(read_warc_task, (str(path), cfg.name, cfg.license, stage.node, str(ctx.part_path(i)), str(ctx.removed_path(i)), cfg.max_record_bytes)) for i, path in enumerate(paths)]
+    ctx.run_tasks(_dispatch, tasks, desc="read WARC files")
+
+
+def read_warc_task(path: str, source: str, license: str, node: str, out_path: str, removed_path: str, max_record_bytes: int = warc_fmt.DEFAULT_MAX_PAYLOAD, backend: str = "fastwarc") -> dict:
+    """Stream one WARC/WET file into a part of web records (written a batch at a time) and a
+    ledger of its damaged stretches. Stats: documents in = kept + removed; every record by type."""
+    p = Path(path)
+    by_type: dict[str, int] = {}
+    problems: list[warc_fmt.WarcProblem] = []
+    crawl: str | None = None
+    cols: dict[str, list] = {n: [] for n in WEB_RECORD_SCHEMA.names}
+    held = 0
+    kept = 0
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    writer = pq.ParquetWriter(str(tmp), WEB_RECORD_SCHEMA, **storage.PARQUET_OPTIONS)
+
+    def flush() -> None:
+        nonlocal cols, held
+        if cols["id"]:
+            writer.write_table(pa.table(cols, schema=WEB_RECORD_SCHEMA), row_group_size=8192)
+        cols, held = {n: [] for n in WEB_RECORD_SCHEMA.names}, 0
+
+    try:
+        for item in warc_fmt.iter_records(p, max_payload_bytes=max_record_bytes, backend=backend):
+            if isinstance(item, warc_fmt.WarcProblem):
+                problems.append(item)
+                continue
+            by_type[item.warc_type or "?"] = by_type.get(item.warc_type or "?", 0) + 1
+            if item.warc_type == "warcinfo":
+                crawl = (item.fields or {}).get("isPartOf") or crawl
+            if item.warc_type not in warc_fmt.DOCUMENT_TYPES:
+                continue  # request, metadata, warcinfo, revisit: not documents
+            _add_web_row(cols, item, source, license, p.name, crawl)
+            kept += 1
+            held += len(item.payload or b"")
+            if len(cols["id"]) >= WEB_BATCH_ROWS or held >= WEB_BATCH_BYTES:
+                flush()
+        flush()
+        writer.close()
+    except BaseException as exc:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, warc_fmt.NotWarc):
+            raise SourceError(f"{p.name} is not a WARC/WET file (or is damaged before its first record): {exc}", where=path, hint="list WARC/WET files only, or set the source's format to the files' real format") from None
+        if isinstance(exc, FileNotFoundError):
+            if task_sync.in_mirrored_task():
+                raise
+            raise StageError("the file is gone (it was there when the run started)", where=path, hint="restore it, or run again to re-read the source") from None
+        if isinstance(exc, OSError):
+            raise StageError(f"cannot read file ({type(exc).__name__}: {exc})", where=path, hint="check that the file is readable") from None
+        raise
+    os.replace(tmp, out)
+    storage.write_parquet(_web_ledger(problems, source, node, p.name), Path(removed_path))
+    reasons: dict[str, int] = {}
+    for pr in problems:
+        reasons[pr.reason] = reasons.get(pr.reason, 0) + 1
+    return {"in": kept + len(problems), "out": kept, "removed": len(problems), "removed_by_reason": reasons, "warc_records_by_type": by_type}
+
+
+def _add_web_row(cols: dict[str, list], rec, source: str, license: str, filename: str, crawl: str | None) -> None:
+    wet = rec.warc_type == "conversion"
+    uuid = rec.record_id or f"{filename}@{rec.offset}"
+    cols["id"].append(f"{source}/{uuid}")
+    cols["source"].append(source)
+    cols["license"].append(license)
+    cols["title"].append(None)
+    cols["url"].append(rec.url)
+    cols["timestamp"].append(rec.date)
+    cols["revision_id"].append(None)
+    # WET text is UTF-8 by the format; a bad byte becomes U+FFFD rather than losing the record
+    cols["text"].append((rec.payload or b"").decode("utf-8", "replace") if wet else "")
+    cols["html"].append(None if wet else (rec.payload or b""))
+    cols["content_type"].append(rec.content_type)
+    cols["http_status"].append(rec.http_status)
+    cols["warc_type"].append(rec.warc_type)
+    cols["warc_record_id"].append(rec.record_id)
+    cols["warc_date"].append(rec.date)
+    cols["payload_digest"].append(rec.payload_digest)
+    cols["warc_filename"].append(filename)
+    cols["crawl"].append(crawl)
+
+
+def _web_ledger(problems: list, source: str, node: str, filename: str) -> pa.Table:
+    """One ledger row per damaged stretch: the record's id when its header was read, else
+    ``<source>/<file>@<offset>``; where it is (file, offset, length) in the signals."""
+    ids = [f"{source}/{pr.record_id}" if pr.record_id else f"{source}/{filename}@{pr.offset}" for pr in problems]
+    signals = [
+        {
+            "file": filename,
+            "offset": pr.offset,
+            "length": pr.length,
+            "detail": pr.detail,
+            **({"warc_type": pr.warc_type} if pr.warc_type else {}),
+            **({"url": pr.url} if pr.url else {}),
+            **pr.extra,
+        }
+        for pr in problems
+    ]
+    n = len(problems)
+    table = pa.table({"id": ids, "source": [source] * n, "title": pa.nulls(n, pa.string()), "text": [""] * n})
+    return removed_rows(table, node, [pr.reason for pr in problems], signals)
