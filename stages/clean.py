@@ -60,6 +60,23 @@ DEFAULT_BOILERPLATE = [
     r"\[?(编辑|編輯|edit)\]?",
 ]
 
+# C4's line filters (Raffel et al. 2020, section 2.2; datatrove C4QualityFilter), opt-in for web
+# text. A line is kept only if it ends in terminal punctuation: ASCII . ! ? " ' and the Chinese /
+# full-width 。！？… -- for Chinese also followed by closing brackets or quotes (。）, 。」, ！”),
+# which C4 (English only) did not need. Of those, a line is still removed when it ends in "...",
+# has fewer than 3 whitespace-separated words and no Han character, or mentions javascript or a
+# cookie/privacy/terms-of-use notice (C4's phrases plus their usual Chinese forms). C4's
+# document-level rules (lorem ipsum, curly braces, at least 5 sentences) are quality signals
+# (q_c4_*), not line edits.
+C4_TERMINAL_LINE = r"[^\n]*[.!?\"'\x{3002}\x{ff01}\x{ff1f}\x{2026}][)\]\x{ff09}\x{300d}\x{300f}\x{201d}\x{2019}\x{300b}\x{3011}\"']*[ \t]*"
+C4_LINE_PATTERNS = [
+    r"[^\n]*\.\.\.[ \t]*",
+    r"[ \t]*[^\s\p{Han}]+(?:[ \t]+[^\s\p{Han}]+)?[ \t]*",  # fewer than 3 words, no Han
+    r"(?i)[^\n]*(?:javascript|terms of use|privacy policy|cookie policy|uses cookies|use of cookies|use cookies|隐私政策|隱私政策|使用条款|使用條款|用户协议)[^\n]*",
+]
+_C4_MARK = "\x01"  # marks the lines with terminal punctuation between two passes
+
+
 PII_PATTERNS: dict[str, tuple[str, str]] = {
     # type: (RE2 pattern, replacement). Order matters: ID numbers before phone numbers.
     "email": (r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", "<EMAIL>"),
@@ -89,6 +106,7 @@ class Params(BaseModel):
     pii: bool = False
     pii_types: list[Literal["email", "phone", "ip", "cn_id"]] = Field(default_factory=lambda: ["email", "phone", "ip", "cn_id"])
     min_chars: int = Field(1, ge=0)
+    c4_lines: bool = Field(False, description="web text: remove lines as C4 did (no terminal punctuation incl. 。！？, < 3 words, javascript, cookie/privacy notices); see C4_LINE_PATTERNS")
 
     @field_validator("opencc")
     @classmethod
@@ -147,6 +165,8 @@ class Clean(MapStage):
                 before = pc.sum(pc.utf8_length(text)).as_py() or 0
                 text = pc.replace_substring_regex(text, line_re, "")
                 stats["boilerplate_chars_removed"] = before - (pc.sum(pc.utf8_length(text)).as_py() or 0)
+        if p.c4_lines and len(text):
+            text, stats["c4_lines_removed"], stats["c4_chars_removed"] = _c4_lines(text)
         if p.opencc and len(text):
             values = text.to_pylist()
             converted = [self._opencc.convert(t) if t else t for t in values]
@@ -181,3 +201,18 @@ class Clean(MapStage):
                     values[i] = fixed
                     changed += 1
         return pa.array(values, pa.string()), changed
+
+
+def _c4_lines(text: pa.Array) -> tuple[pa.Array, int, int]:
+    """C4's line filters over the whole column: mark the lines that end in terminal punctuation,
+    drop every unmarked non-blank line and the marked ones a C4 rule removes, unmark."""
+    before = pc.sum(pc.utf8_length(text)).as_py() or 0
+    had_mark = pc.any(pc.match_substring(text, _C4_MARK)).as_py()
+    if had_mark:  # the marker must not occur in the text itself
+        text = pc.replace_substring(text, _C4_MARK, "")
+    text = pc.replace_substring_regex(text, f"(?m)^({C4_TERMINAL_LINE})$", _C4_MARK + "\\1")
+    drop = f"(?m)^(?:[^{_C4_MARK}\\n][^\\n]*|{_C4_MARK}(?:" + "|".join(f"(?:{x})" for x in C4_LINE_PATTERNS) + "))$\\n?"
+    lines = int(pc.sum(pc.count_substring_regex(text, drop)).as_py() or 0)
+    text = pc.replace_substring(pc.replace_substring_regex(text, drop, ""), _C4_MARK, "")
+    after = pc.sum(pc.utf8_length(text)).as_py() or 0
+    return text, lines, before - after

@@ -34,8 +34,8 @@ AUTO_CJK_FRAC = 0.3
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    preset: Literal["auto", "gopher", "c4", "fineweb", "zh", "wiki-zh"] = Field(
-        "auto", description="threshold preset; auto: zh for Chinese rows, gopher for the others"
+    preset: Literal["auto", "gopher", "c4", "fineweb", "zh", "wiki-zh", "web-zh", "web-en"] = Field(
+        "auto", description="threshold preset; auto: zh for Chinese rows, gopher for the others; web-zh: FineWeb-2 cmn_Hani, web-en: FineWeb (docs/web-filters.md)"
     )
     overrides: dict[str, float | None] = Field(
         default_factory=dict, description="rule -> threshold changes, e.g. {max_dup_line_frac: 0.25}; null disables a rule; new min_/max_ rules are appended"

@@ -156,6 +156,19 @@ PRESETS["wiki-zh"] = WIKI_ZH
 # the language each preset is meant for (used when no language is known for a row)
 PRESET_LANGUAGE = {"gopher": "en", "c4": "en", "fineweb": "en", "zh": "zh", "wiki-zh": "zh"}
 
+# Web presets (docs/web-filters.md): named for the web pipeline (manifests/web-zh.yaml), kept apart
+# from PRESETS so the list of general presets stays as it was. ``web-zh`` is FineWeb-2's
+# cmn_Hani filter set (huggingface/fineweb-2 configs/cmn_Hani.yml: dup_line_frac 0.287,
+# top_n_grams 2/3/4 = 0.256/0.201/0.171, dup_n_grams 5..10 = 0.198 .. 0.127, line_punct_thr
+# 0.106, new_line_ratio 0.178, avg word length 1..5, max_non_alpha_words_ratio 0.735, its 22
+# stop words; the rest are fineweb-2-pipeline.py's settings), the same numbers as ``zh``;
+# ``web-en`` is FineWeb's English pipeline (``fineweb``).
+WEB_PRESETS: dict[str, dict[str, float | None]] = {
+    "web-zh": dict(PRESETS["zh"]),
+    "web-en": dict(PRESETS["fineweb"]),
+}
+PRESET_LANGUAGE.update({"web-zh": "zh", "web-en": "en"})
+
 _SIGNALS = {c[2:] for c in SIGNAL_COLUMNS if c != "q_lang"}
 
 
@@ -177,9 +190,10 @@ def rule_signals(*rule_sets: Mapping[str, float]) -> list[str]:
 
 def resolve_preset(preset: str, overrides: Mapping[str, float | None] | None = None) -> dict[str, float]:
     """The preset's rules with ``overrides`` applied (a new rule is appended; None removes one)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown quality preset {preset!r} (one of {', '.join(PRESETS)})")
-    rules = dict(PRESETS[preset])
+    known = {**PRESETS, **WEB_PRESETS}
+    if preset not in known:
+        raise ValueError(f"unknown quality preset {preset!r} (one of {', '.join(known)})")
+    rules = dict(known[preset])
     for rule, thr in (overrides or {}).items():
         parse_rule(rule)
         rules[rule] = thr
