@@ -1,16 +1,21 @@
 """HTTP downloads that can be trusted: cached, resumable, retried, verified.
 
 * A descriptive User-Agent on every request (Wikimedia asks for one).
-* Retries with exponential backoff on connection errors, timeouts, 429 and 5xx.
+* Retries with exponential backoff on connection errors, timeouts, 429 and 5xx; a 429/503
+  with ``Retry-After`` waits at least that long (capped by ``GRIST_HTTP_RETRY_AFTER_MAX``).
 * Resume: a partial download lives at ``<file>.part`` and continues with ``Range``.
 * Verification: md5/sha1/sha256 computed while downloading; a mismatch moves the file to
   ``<cache>/quarantine/`` and raises -- a bad file is never used.
 * Cache: a verified file is not fetched again while its checksums match.
+* Ranges: ``fetch_range`` reads bytes [start, end) of a file; ``RangedFile`` is a seekable file
+  over ranged GETs (for Parquet readers that fetch only a footer and some column chunks), and
+  counts what it moved.
 * No secrets: credentials in URLs are redacted before anything is logged or recorded.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,6 +43,39 @@ def _retries() -> int:
 
 def _backoff() -> float:
     return float(os.environ.get("GRIST_HTTP_BACKOFF", "1.0"))
+
+
+def _retry_after_max() -> float:
+    return float(os.environ.get("GRIST_HTTP_RETRY_AFTER_MAX", "300"))
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    import email.utils
+
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _wait(attempt: int, retry_after: float | None = None) -> float:
+    """How long to wait before attempt ``attempt + 1``: exponential backoff, or what the server
+    asked for with Retry-After when that is longer (never more than GRIST_HTTP_RETRY_AFTER_MAX)."""
+    wait = _backoff() * (2**attempt)
+    if retry_after is not None:
+        wait = max(wait, min(retry_after, _retry_after_max()))
+    return wait
 
 
 _session: requests.Session | None = None
@@ -96,7 +134,9 @@ def _request(method: str, url: str, *, headers: dict | None = None, stream: bool
     attempts = max(1, _retries())
     last: str = ""
     unreachable: str | None = None
+    throttled = 0
     for attempt in range(attempts):
+        retry_after = None
         try:
             resp = session().request(method, url, headers=headers or {}, stream=stream, timeout=(10, 60))
         except (requests.ConnectionError, requests.Timeout) as exc:
@@ -106,15 +146,24 @@ def _request(method: str, url: str, *, headers: dict | None = None, stream: bool
             if resp.status_code not in _RETRY_STATUS:
                 return resp
             last, unreachable = f"HTTP {resp.status_code}", None
+            if resp.status_code in (429, 503):
+                throttled += 1
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
             resp.close()
         if attempt + 1 < attempts:
-            time.sleep(_backoff() * (2**attempt))
+            time.sleep(_wait(attempt, retry_after))
     if unreachable is not None:
         host = urlsplit(url).hostname or url
         raise HostUnreachable(
             f"cannot reach {host}: {unreachable} ({attempts} attempts)",
             where=redact_url(url),
             hint="this machine may be offline, or a proxy or firewall blocks the host: use a mirror you can reach (--set sources.NAME.mirror=URL), or a download an earlier run cached (GRIST_CACHE)",
+        )
+    if throttled == attempts:
+        raise SourceError(
+            f"the server kept refusing with {last} (throttling) for {attempts} attempts",
+            where=redact_url(url),
+            hint="the host is throttling this client (Common Crawl answers 503 when overloaded): wait and re-run (finished files are cached and kept), raise GRIST_HTTP_RETRIES / GRIST_HTTP_BACKOFF, or fetch fewer files at once",
         )
     raise SourceError(
         f"request failed after {attempts} attempts ({last})",
@@ -289,6 +338,12 @@ def fetch_range(url: str, start: int, end: int) -> tuple[bytes, dict]:
             break
         _raise_for_status(resp, url)
         headers_seen = {"etag": resp.headers.get("ETag"), "last_modified": resp.headers.get("Last-Modified")}
+        if resp.status_code == 206:
+            size = _total_from_content_range(resp.headers.get("Content-Range"))
+        else:
+            size = int(resp.headers["Content-Length"]) if resp.headers.get("Content-Length", "").isdigit() else None
+        if size is not None:
+            headers_seen["size"] = size  # the whole file's size
         skip = pos if resp.status_code == 200 else 0  # server ignored Range: skip up to pos
         try:
             for chunk in resp.iter_content(1 << 16):
@@ -316,3 +371,78 @@ def iter_ranges(url: str, chunk_size: int = 1 << 16) -> Iterator[bytes]:
         pos += len(data)
         if len(data) < chunk_size:
             return
+
+
+class RangedFile(io.RawIOBase):
+    """A read-only, seekable file over HTTP: each read is a ranged GET (retried, resumed) of at
+    least ``min_read`` bytes, the extra kept for the next read. For readers that seek to what they
+    need (Parquet footers and column chunks): ``bytes_read`` and ``requests`` count the traffic."""
+
+    def __init__(self, url: str, size: int | None = None, min_read: int = 0):
+        super().__init__()
+        self.url = url
+        self.pos = 0
+        self.min_read = min_read
+        self.bytes_read = 0
+        self.requests = 0
+        self._buf_start, self._buf = 0, b""
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        if self._size is None:
+            resp = _request("HEAD", self.url)
+            if resp.status_code == 404:
+                _raise_for_status(resp, self.url)
+            length = resp.headers.get("Content-Length") if resp.status_code < 400 else None
+            resp.close()
+            if length is None or not length.isdigit():  # no HEAD: a one-byte ranged GET tells the size
+                data, headers = fetch_range(self.url, 0, 1)
+                self.bytes_read += len(data)
+                self.requests += 1
+                length = headers.get("size")
+                if length is None:
+                    raise SourceError("the server tells no file size (no Content-Length, no Content-Range)", where=redact_url(self.url))
+            self._size = int(length)
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 0:
+            self.pos = offset
+        elif whence == 1:
+            self.pos += offset
+        else:
+            self.pos = self.size + offset
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.size - self.pos
+        end = min(self.pos + n, self.size)
+        if end <= self.pos:
+            return b""
+        if not (self._buf_start <= self.pos and end <= self._buf_start + len(self._buf)):
+            fetch_end = min(self.size, max(end, self.pos + self.min_read))
+            data, _ = fetch_range(self.url, self.pos, fetch_end)
+            self.bytes_read += len(data)
+            self.requests += 1
+            if len(data) < fetch_end - self.pos:
+                raise SourceError(f"short read: asked for bytes {self.pos}-{fetch_end - 1}, got {len(data)}", where=redact_url(self.url), hint="the connection keeps dropping: re-run")
+            self._buf_start, self._buf = self.pos, data
+        out = self._buf[self.pos - self._buf_start : end - self._buf_start]
+        self.pos = end
+        return out
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
