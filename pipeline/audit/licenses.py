@@ -677,7 +677,7 @@ def assess(manifest) -> Assessment:
 def _default_notice(src, classes: list[LicenseClass]) -> str:
     where = f" ({src.homepage})" if src.homepage else ""
     if all(c.third_party for c in classes):
-        return f"{src.name}{where}: web pages, each the copyright of its owner; each document's url names its page"
+        return f"web pages{where}, each the copyright of its owner; each document's url names its page"
     return f"{src.name}{where}, licensed under {_render(classes)}"
 
 
