@@ -160,7 +160,7 @@ class DaskExecutor(Executor):
         prefix = _key_prefix(desc)
         token = uuid.uuid4().hex[:8]
         self._sync_up()
-        with make_progress(self.console, transient=False) as bar:
+        with make_progress(self.console, transient=False, show=progress) as bar:
             task = bar.add_task(desc, total=len(calls), visible=progress)
             futures = [
                 self.client.submit(wrapped, *wrapped_args, key=f"{prefix}-{token}-{i}", pure=False, retries=self.retries)
@@ -217,7 +217,7 @@ class DaskExecutor(Executor):
             writes.append(dask.delayed(fn)(*args, dask_key_name=f"{_key_prefix(desc)}-write-{s}"))
         futures = self.client.compute(writes, retries=self.retries)
         shard_of = {f.key: s for f, s in zip(futures, [s for s in todo if s in parts])}
-        with make_progress(self.console, transient=False) as bar:
+        with make_progress(self.console, transient=False, show=progress) as bar:
             task = bar.add_task(desc, total=len(futures), visible=progress)
             try:
                 for fut in as_completed(futures):

@@ -34,7 +34,9 @@ def _call(fn: Callable[..., Any], args: tuple) -> Any:
     return fn(*args)
 
 
-def make_progress(console=None, transient: bool = False) -> Progress:
+def make_progress(console=None, transient: bool = False, show: bool = True) -> Progress:
+    """A progress bar; ``show=False`` (``--no-progress``) prints nothing at all (an idle live
+    display would still print an empty line when it stops)."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -43,6 +45,7 @@ def make_progress(console=None, transient: bool = False) -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=transient,
+        disable=not show,
     )
 
 
@@ -134,7 +137,7 @@ class LocalExecutor(Executor):
     def map(self, calls: list[Call], desc: str = "", progress: bool = True) -> Iterator[tuple[int, Any]]:
         if not calls:
             return
-        with make_progress(self.console, transient=False) as bar:
+        with make_progress(self.console, transient=False, show=progress) as bar:
             task = bar.add_task(desc, total=len(calls), visible=progress)
             if self.workers == 1 or len(calls) == 1:
                 for i, (fn, args) in enumerate(calls):
