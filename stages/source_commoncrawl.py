@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pipeline.common import storage
 from pipeline.common.errors import ChecksumError, SourceError
 from pipeline.core.manifest import SourceConfig
-from pipeline.core.stage import WEB_RECORD_SCHEMA, NodeContext, RunContext, SourceStage, removed_rows
+from pipeline.core.stage import WEB_RECORD_SCHEMA, NodeContext, RunContext, SourceStage, append_web_record, removed_rows
 from pipeline.io import http
 from pipeline.io.formats import cc_index, warc
 from pipeline.io.urls import redact_url
@@ -582,26 +582,10 @@ class _PartWriter:
         self.held = 0
 
     def add(self, rec: warc.WarcRecord, job: dict) -> None:
-        cols, wet = self.cols, rec.warc_type == "conversion"
-        cols["id"].append(f"cc/{job['crawl']}/{rec.record_id or job['path'].rsplit('/', 1)[-1] + '@' + str(rec.offset)}")
-        cols["source"].append(job["source"])
-        cols["license"].append(job["license"])
-        cols["title"].append(None)
-        cols["url"].append(rec.url)
-        cols["timestamp"].append(rec.date)
-        cols["revision_id"].append(None)
-        cols["text"].append((rec.payload or b"").decode("utf-8", errors="replace") if wet else "")  # WET text is UTF-8
-        cols["html"].append(None if wet else (rec.payload or b""))
-        cols["content_type"].append(rec.content_type)
-        cols["http_status"].append(rec.http_status)
-        cols["warc_type"].append(rec.warc_type)
-        cols["warc_record_id"].append(rec.record_id)
-        cols["warc_date"].append(rec.date)
-        cols["payload_digest"].append(rec.payload_digest)
-        cols["warc_filename"].append(job["path"])
-        cols["crawl"].append(job["crawl"])
+        doc_id = f"cc/{job['crawl']}/{rec.record_id or job['path'].rsplit('/', 1)[-1] + '@' + str(rec.offset)}"
+        append_web_record(self.cols, rec, doc_id=doc_id, source=job["source"], license=job["license"], filename=job["path"], crawl=job["crawl"])
         self.held += len(rec.payload or b"")
-        if len(cols["id"]) >= self.BATCH_ROWS or self.held >= self.BATCH_BYTES:
+        if len(self.cols["id"]) >= self.BATCH_ROWS or self.held >= self.BATCH_BYTES:
             self.flush()
 
     def flush(self) -> None:

@@ -36,7 +36,7 @@ from pydantic import Field, model_validator
 from pipeline.common import storage
 from pipeline.common.errors import SourceError, StageError
 from pipeline.core.manifest import SourceConfig
-from pipeline.core.stage import DOC_SCHEMA, WEB_RECORD_SCHEMA, NodeContext, RunContext, SourceStage, removed_rows
+from pipeline.core.stage import DOC_SCHEMA, WEB_RECORD_SCHEMA, NodeContext, RunContext, SourceStage, append_web_record, removed_rows
 from pipeline.exec import task_sync
 from pipeline.io import remote
 from pipeline.io.formats import records as rec_fmt
@@ -412,26 +412,8 @@ def read_warc_task(path: str, source: str, license: str, node: str, out_path: st
 
 
 def _add_web_row(cols: dict[str, list], rec, source: str, license: str, filename: str, crawl: str | None) -> None:
-    wet = rec.warc_type == "conversion"
     uuid = rec.record_id or f"{filename}@{rec.offset}"
-    cols["id"].append(f"{source}/{uuid}")
-    cols["source"].append(source)
-    cols["license"].append(license)
-    cols["title"].append(None)
-    cols["url"].append(rec.url)
-    cols["timestamp"].append(rec.date)
-    cols["revision_id"].append(None)
-    # WET text is UTF-8 by the format; a bad byte becomes U+FFFD rather than losing the record
-    cols["text"].append((rec.payload or b"").decode("utf-8", "replace") if wet else "")
-    cols["html"].append(None if wet else (rec.payload or b""))
-    cols["content_type"].append(rec.content_type)
-    cols["http_status"].append(rec.http_status)
-    cols["warc_type"].append(rec.warc_type)
-    cols["warc_record_id"].append(rec.record_id)
-    cols["warc_date"].append(rec.date)
-    cols["payload_digest"].append(rec.payload_digest)
-    cols["warc_filename"].append(filename)
-    cols["crawl"].append(crawl)
+    append_web_record(cols, rec, doc_id=f"{source}/{uuid}", source=source, license=license, filename=filename, crawl=crawl)
 
 
 def _web_ledger(problems: list, source: str, node: str, filename: str) -> pa.Table:

@@ -67,6 +67,30 @@ WEB_RECORD_SCHEMA = pa.schema(
     ]
 )
 
+def append_web_record(cols: dict[str, list], rec, *, doc_id: str, source: str, license: str, filename: str, crawl: str | None) -> None:
+    """Append one WARC/WET document record (``pipeline.io.formats.warc.WarcRecord``) to column
+    lists of ``WEB_RECORD_SCHEMA``: what every web source yields."""
+    wet = rec.warc_type == "conversion"
+    cols["id"].append(doc_id)
+    cols["source"].append(source)
+    cols["license"].append(license)
+    cols["title"].append(None)
+    cols["url"].append(rec.url)
+    cols["timestamp"].append(rec.date)
+    cols["revision_id"].append(None)
+    # WET text is UTF-8 by the format; a bad byte becomes U+FFFD rather than losing the record
+    cols["text"].append((rec.payload or b"").decode("utf-8", "replace") if wet else "")
+    cols["html"].append(None if wet else (rec.payload or b""))
+    cols["content_type"].append(rec.content_type)
+    cols["http_status"].append(rec.http_status)
+    cols["warc_type"].append(rec.warc_type)
+    cols["warc_record_id"].append(rec.record_id)
+    cols["warc_date"].append(rec.date)
+    cols["payload_digest"].append(rec.payload_digest)
+    cols["warc_filename"].append(filename)
+    cols["crawl"].append(crawl)
+
+
 # The removal ledger: what was dropped, by which node, why, and the signals that decided it.
 REMOVED_SCHEMA = pa.schema(
     [
