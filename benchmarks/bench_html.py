@@ -14,10 +14,12 @@ with hand-made ground truth), every page decoded by the shipped ``decode_html`` 
    (GBK bytes labelled UTF-8, UTF-8 bytes labelled GB2312), and on Big5 pages made from the
    Traditional-script conversion of the ground truth; per detector, with its speed.
 3. Page dates: share found, agreement with htmldate, time per page.
-4. The extraction step against datatrove's (``WarcReader -> Trafilatura``) on one Common
+4. Tuning of resiliparse-ld (``--only tuning``): F1 per language on the dev and held-out halves
+   for each of its rules turned off in turn and for its link-density limits swept.
+5. The extraction step against datatrove's (``WarcReader -> Trafilatura``) on one Common
    Crawl-shaped WARC file of the same pages plus filler pages: records/s per core.
 
-    nice python benchmarks/bench_html.py [--web ../shared/corpora/web] [--only extract|charset|date|datatrove] [--repeat 3]
+    nice python benchmarks/bench_html.py [--web ../shared/corpora/web] [--only extract|charset|date|tuning|datatrove] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -107,6 +109,31 @@ def _shipped(h: str) -> str:
     return ex.extract(h, date="none").text
 
 
+_OLD_SPACE_RE = re.compile(r"\s+")
+
+
+def _before(h: str) -> str:
+    """resiliparse-ld as it was before the boilerplate-line rules: one link-density limit (0.5)
+    counted over all visible characters, and only a first line equal to the title dropped."""
+    import html as _html
+
+    from resiliparse.extract.html2text import extract_plain_text
+    from resiliparse.parse.html import HTMLTree
+
+    def visible(fragment: str) -> int:
+        return len(_OLD_SPACE_RE.sub("", _html.unescape(ex._TAG_RE.sub("", fragment))))
+
+    tree = HTMLTree.parse(h)
+    out = []
+    for line in extract_plain_text(tree, preserve_formatting="minimal_html", links=True, **ex._RESILIPARSE_OPTS).split("\n"):
+        if "<a" in line:
+            n = visible(line)
+            if n and sum(visible(m) for m in ex._LINK_RE.findall(line)) > 0.5 * n:
+                continue
+        out.append(_html.unescape(ex._TAG_RE.sub("", line)).strip())
+    return ex._drop_title_line(ex._BLANKS_RE.sub("\n\n", "\n".join(out)).strip(), (tree.title or "").strip() or None)
+
+
 def candidates() -> dict[str, object]:
     traf_dt = _trafilatura(favor_precision=True, include_comments=False, deduplicate=True)
     return {
@@ -116,7 +143,8 @@ def candidates() -> dict[str, object]:
         "trafilatura include_tables=False": _trafilatura(include_tables=False),
         "resiliparse main_content (defaults)": _resiliparse(),
         "resiliparse main_content, no comments/alt/meta": _resiliparse(comments=False, alt_texts=False, post_meta=False),
-        "resiliparse-ld (shipped: above + skip [class*=caption] + link-density lines)": _shipped,
+        "resiliparse-ld before the boilerplate-line rules (link density 0.5 over all characters)": _before,
+        "resiliparse-ld (shipped: above + skip [class*=caption] + link-density lines + boilerplate lines)": _shipped,
         "jusText, English stoplist": _justext("English"),
         "jusText, 20 common Chinese characters as stoplist": _justext("zh-chars"),
         "jusText, empty stoplist": _justext("none"),
@@ -297,6 +325,52 @@ def bench_date(pages: list[dict]) -> None:
 
 
 # ------------------------------------------------------------------------------------------
+# Tuning of resiliparse-ld: each rule off in turn, link-density limits swept, on both halves
+
+
+def bench_tuning(pages: list[dict]) -> None:
+    from resiliparse.extract.html2text import extract_plain_text
+    from resiliparse.parse.html import HTMLTree
+
+    parsed = []
+    for p in pages:
+        tree = HTMLTree.parse(p["html"])
+        parsed.append((extract_plain_text(tree, preserve_formatting="minimal_html", links=True, **ex._RESILIPARSE_OPTS), (tree.title or "").strip() or None))
+    ld, cjk = ex.DEFAULT_LINK_DENSITY, ex.DEFAULT_LINK_DENSITY_CJK
+
+    def variant(other: float = ld, cjk_: float = cjk, trim: bool = True, **rules):
+        def run(minimal: str, title: str | None) -> str:
+            text = ex.filter_link_lines(minimal, other, cjk_)
+            return ex.trim_boilerplate(text, title, **rules) if trim else ex._drop_title_line(text, title)
+        return run
+
+    variants = {
+        "before: link density 0.5 over all characters, title line only": None,
+        f"link density in letters, {cjk} CJK / {ld} other lines, title line only": variant(trim=False),
+        "+ headline cut": variant(anywhere=False, edges=False),
+        "+ headline cut + copyright/cookie/ad lines": variant(edges=False),
+        "**+ headline cut + copyright/cookie/ad lines + short/date lines at the ends (shipped)**": variant(),
+        "shipped without the headline cut": variant(headline=False),
+        "shipped without copyright/cookie/ad lines": variant(anywhere=False),
+        "shipped without the short/date lines at the ends": variant(edges=False),
+        **{f"other-script lines' limit {x}" + (" (shipped)" if x == ld else ""): variant(other=x) for x in (0.5, 0.6, 0.75, 0.9, 1.0)},
+        **{f"CJK lines' limit {x}" + (" (shipped)" if x == cjk else ""): variant(cjk_=x) for x in (0.1, 0.2, 0.3, 0.4, 0.5)},
+        "one limit for all lines, 0.5 (letters)": variant(0.5, 0.5),
+    }
+    rows = []
+    for name, fn in variants.items():
+        outs = [_before(p["html"]) for p in pages] if fn is None else [fn(m, t) for m, t in parsed]
+        cells = []
+        for lang in ("zh", "en"):
+            for split in ("dev", "held"):
+                f = [hx.bag_f1(o, p["truth"], lang)[2] for p, o in zip(pages, outs) if p["lang"] == lang and p["split"] == split]
+                cells.append(f"{sum(f) / len(f):.3f}")
+        rows.append([name, *cells])
+    print("\n## resiliparse-ld tuning: F1 per half (rules and limits chosen on dev, checked on held)\n")
+    print(table(["variant", "zh dev", "zh held", "en dev", "en held"], rows))
+
+
+# ------------------------------------------------------------------------------------------
 # Against datatrove's extraction step, on one WARC file
 
 
@@ -361,7 +435,7 @@ def bench_datatrove(web: Path, repeat: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--web", type=Path, default=SHARED / "corpora" / "web")
-    ap.add_argument("--only", choices=["extract", "charset", "date", "datatrove"])
+    ap.add_argument("--only", choices=["extract", "charset", "date", "tuning", "datatrove"])
     ap.add_argument("--repeat", type=int, default=3, help="timings: best of this many passes")
     args = ap.parse_args()
     pages = load(args.web)
@@ -372,6 +446,8 @@ def main() -> None:
         bench_charset(pages)
     if args.only in (None, "date"):
         bench_date(pages)
+    if args.only in (None, "tuning"):
+        bench_tuning(pages)
     if args.only in (None, "datatrove"):
         bench_datatrove(args.web, args.repeat)
 

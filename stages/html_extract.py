@@ -53,7 +53,8 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     extractor: str = Field(ex.DEFAULT_EXTRACTOR, description=f"main-content extractor: {', '.join(ex.EXTRACTORS)} (docs/html-extraction.md)")
-    max_link_density: float = Field(ex.DEFAULT_LINK_DENSITY, gt=0.0, le=1.0, description="resiliparse-ld: drop lines whose visible characters are more than this share link text")
+    max_link_density: float = Field(ex.DEFAULT_LINK_DENSITY, gt=0.0, le=1.0, description="resiliparse-ld: drop lines (not in CJK script) whose letters are more than this share link text")
+    max_link_density_cjk: float = Field(ex.DEFAULT_LINK_DENSITY_CJK, gt=0.0, le=1.0, description="resiliparse-ld: the same for lines whose letters are at least 30% Chinese/Japanese/Korean")
     detector: str = Field("resiliparse", description=f"charset detector for pages that declare none or a wrong one: {', '.join(hx.DETECTORS)}")
     max_html_bytes: int = Field(5_000_000, ge=1024, description="bodies larger than this go to the ledger as html:too-large")
     min_chars: int = Field(1, ge=1, description="extracted texts shorter than this (after trimming) go to the ledger as html:empty")
@@ -89,7 +90,7 @@ def _installed(value: str, module: str | None) -> str:
 
 class HtmlExtract(MapStage):
     name = "html_extract"
-    version = "1"
+    version = "2"
     Params = Params
     code_deps = ("pipeline.text.html", "pipeline.text.extract")
     description = "web records -> documents: charset, main content, title, date; non-HTML and empty pages to the ledger"
@@ -177,7 +178,7 @@ class HtmlExtract(MapStage):
                 reason[i], signals[i] = "html:decode-error", {"content_type": ctype_list[i], "meta_charset": hx.meta_charset(raw), "html_bytes": len(raw), "why": str(exc)}
                 continue
             try:
-                got = ex.extract(dec.text, p.extractor, p.max_link_density, date=p.page_date)
+                got = ex.extract(dec.text, p.extractor, p.max_link_density, date=p.page_date, max_link_density_cjk=p.max_link_density_cjk)
             except Exception as exc:  # a parser that gives up on a page costs that page, not the run
                 reason[i], signals[i] = "html:extract-error", {"error": f"{type(exc).__name__}: {exc}"[:300], "charset": dec.charset, "html_bytes": len(raw)}
                 continue

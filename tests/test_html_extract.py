@@ -121,6 +121,63 @@ def test_filter_link_lines_counts_characters_not_words():
     assert ex.filter_link_lines(html) == "正文一段很长的中文句子，链接只占一小部分。"
 
 
+def test_filter_link_lines_counts_letters_with_a_limit_per_script():
+    # a link-list item with its date and counter: the digits and brackets do not make it text
+    assert ex.filter_link_lines('<a href="/n">第六届年会闭幕</a>(2006-12-19)[836]') == ""
+    # a Chinese line that is 40% link goes (CJK limit 0.3); an English sentence that is 60% link stays (0.75)
+    assert ex.filter_link_lines('<a href="/s">北京天气</a>今天晴朗温暖') == ""
+    en = 'The mayor <a href="/v">voted against the new library budget</a> on Tuesday.'
+    assert ex.filter_link_lines(en) == "The mayor voted against the new library budget on Tuesday."
+    assert ex.filter_link_lines(en, max_link_density=0.5) == ""
+    assert ex.filter_link_lines('<a href="/s">北京天气</a>今天晴朗温暖', max_link_density_cjk=0.5) == "北京天气今天晴朗温暖"
+
+
+BODY = ["The council voted on Tuesday to expand the library's opening hours, citing demand from students.",
+        "The new hours start in March and cost the city about two hundred thousand dollars a year."]
+
+
+def test_trim_boilerplate_cuts_up_to_the_headline():
+    text = "\n".join(["We use cookies to improve your experience. By continuing you accept our cookie policy.", "MENU", "Council expands library hours", *BODY])
+    # the headline is the title's part before the site name; it and what comes before go
+    assert ex.trim_boilerplate(text, "Council expands library hours | City News") == "\n".join(BODY)
+    assert ex.trim_boilerplate("标题党\n" + "\n".join(BODY), "新闻_市议会延长图书馆开放时间").startswith("The council")  # no match: only the short first line goes
+    # a headline found too late (more than a third of the text before it) cuts nothing
+    late = "\n".join([*BODY, *BODY, "Council expands library hours", *BODY])
+    assert ex.trim_boilerplate(late, "Council expands library hours - City News", edges=False).startswith("The council")
+
+
+def test_trim_boilerplate_drops_ads_copyright_cookies_anywhere():
+    text = "\n".join([BODY[0], "Advertisement", "Story continues below", BODY[1], "© 2019 City News Inc. All Rights Reserved.", "版权所有 新浪网", BODY[0],
+                     "This website uses cookies. By continuing to use our website you agree to our use of cookies."])
+    assert ex.trim_boilerplate(text, None, edges=False) == "\n".join([BODY[0], BODY[1], BODY[0]])
+    # the article's own sentences about cookies, copyright or a list item "(c)" are not boilerplate
+    own = ["Use a cookie cutter to make the shapes, then accept that some will break.", "Copyright law protects the recipe book, not the recipe.",
+           "(c) Patients may leave the ward after the morning round.", "该书的版权所有者是作者本人，出版社只有十年的使用权。"]
+    assert ex.trim_boilerplate("\n".join([BODY[0], *own, BODY[1]]), None) == "\n".join([BODY[0], *own, BODY[1]])
+
+
+def test_trim_boilerplate_peels_short_and_date_lines_at_the_ends_only():
+    text = "\n".join(["Image 1 of 9", "Published November 20th, 2019 - 07:50 GMT", "2005年03月21日 10:21 来源：新华网", BODY[0], "Short middle heading", BODY[1],
+                     "paul.takahashi@example.com", "Post Comment (+)", "You may also like"])
+    assert ex.trim_boilerplate(text, None) == "\n".join([BODY[0], "Short middle heading", BODY[1]])
+    # a short last sentence stays: it ends like one
+    assert ex.trim_boilerplate(BODY[0] + "\nThat was all.", None).endswith("That was all.")
+    # a text of short lines only (a list, a poem) is the page: kept whole
+    poem = "\n".join(["床前明月光", "疑是地上霜", "举头望明月", "低头思故乡"])
+    assert ex.trim_boilerplate(poem, None) == poem
+
+
+def test_extract_drops_headline_cookie_banner_and_trailing_boilerplate():
+    html = ("<html><head><title>Council expands library hours - City News</title></head><body>"
+            "<div class='consent'><p>We use cookies to improve your browsing experience. By choosing I Accept, you consent to our use of cookies.</p></div>"
+            "<article><h1>Council expands library hours</h1><p>By Jane Doe | November 19, 2019</p>"
+            + "".join(f"<p>{b}</p>" for b in BODY) + "<p>Advertisement</p><p>" + BODY[0] + "</p>"
+            "<p>© 2019 City News. All rights reserved.</p><p>Share this story</p></article></body></html>")
+    got = ex.extract(html)
+    assert got.title == "Council expands library hours - City News"
+    assert got.text == "\n\n".join([*BODY, BODY[0]])
+
+
 # ------------------------------------------------------------------------------------------
 # The stage: documents, and the ledger for the bad input
 
@@ -221,5 +278,6 @@ def test_real_pages_quality_and_no_mojibake():
         f1[r["lang"]].append(hx.bag_f1(text, (WEB / "truth" / f"{r['id']}.txt").read_text(), r["lang"])[2])
         if r["charset_bytes"] != "utf-8":
             assert not hx.has_mojibake(text), r["id"]
-    assert sum(f1["zh"]) / len(f1["zh"]) > 0.85
-    assert sum(f1["en"]) / len(f1["en"]) > 0.90
+    # measured 0.912 / 0.959 (docs/html-extraction.md); trafilatura with datatrove's settings: 0.845 / 0.948
+    assert sum(f1["zh"]) / len(f1["zh"]) > 0.89
+    assert sum(f1["en"]) / len(f1["en"]) > 0.945
