@@ -312,6 +312,52 @@ def _train_progress(cfg, show: bool):
 
 
 @app.command()
+def ablate(
+    manifest: Path = typer.Argument(..., help="Base manifest YAML file (with a tokenize stage)."),
+    variants: List[str] = typer.Option([], "--variant", metavar="NAME[:KEY=VALUE,...]", help="A variant: a name and --set overrides of the base, comma-separated (a comma inside a value: \\, or inside [..], {..} or quotes); NAME alone is the base. Repeatable."),
+    out: Path = typer.Option(..., "--out", help="Ablation folder: variants/, nodes/ (shared), tokenizer/, train/, ablation.json, report/."),
+    set_: List[str] = typer.Option([], "--set", metavar="PATH=VALUE", help="Override a field of the base for every variant (before the variant's own; repeatable)."),
+    preset: str = typer.Option("tiny", "--preset", help="Model preset for every variant: tiny, 25m, 124m."),
+    max_tokens: int = typer.Option(..., "--max-tokens", min=1, help="Training tokens per model (the same for every variant and seed)."),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="Train each variant with seeds 0..K-1; the table shows mean and spread."),
+    eval_data: List[Path] = typer.Option([], "--eval-data", metavar="PATH", help="Held-out set: token shards made with the same tokenizer, or a .jsonl/.json/.parquet (text field) or .txt (one document per line) file; repeatable. Default: the base variant's validation split."),
+    eval_tokens: int = typer.Option(65536, "--eval-tokens", min=1, help="Tokens scored per eval set (the first ones, in order)."),
+    probe: Optional[Path] = typer.Option(None, "--probe", metavar="MANIFEST", help="Fine-tuning probe: a manifest with one finetune_data stage (classification); every model is fine-tuned on it (test accuracy, macro-F1)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Micro-batch in sequences (default: the preset's)."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, mps."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Parallel workers for curation (default: all cores)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
+) -> None:
+    """Curate variants of a manifest and train the same model on each: what each choice buys (docs/ablations.md)."""
+    from pipeline.ablate import parse_variants
+    from pipeline.exec.factory import make_executor
+
+    try:
+        parsed = parse_variants(variants)
+    except PipelineError as exc:
+        _fail(exc)
+    try:
+        from pipeline.ablate.run import run_ablation
+    except ImportError as exc:
+        _fail(PipelineError(f"ablations train models and need PyTorch ({exc})", hint="pip install torch"))
+    try:
+        with make_executor("local", workers=workers, console=console) as ex:
+            doc = run_ablation(
+                manifest, parsed, out, ex, console, preset=preset, max_tokens=max_tokens, seeds=list(range(seeds)), eval_data=eval_data,
+                eval_tokens=eval_tokens, device=device, train_flags={"batch_size": batch_size} if batch_size else None, base_overrides=set_, probe=probe, progress=not no_progress,
+            )
+    except PipelineError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished nodes and training runs are kept; run the same command again to resume")
+        raise typer.Exit(130)
+    console.print(f"[green]done[/] {_escape(str(out / 'ablation.json'))}, report {_escape(str(out / 'report' / 'index.html'))}")
+    if doc["failed"]:
+        console.print(f"[bold red]{len(doc['failed'])} variant(s) failed[/]: {_escape(', '.join(doc['failed']))} (errors in ablation.json)", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
 def generate(
     run_dir: Path = typer.Argument(..., help="A training run dir (pipeline train --out), its checkpoint/, or a Hugging Face export (RUN/hf)."),
     prompt: str = typer.Argument(..., help="Text to continue (placed at the start of a new document)."),

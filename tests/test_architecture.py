@@ -22,6 +22,7 @@ LAYERS = [
     ("audit", ["pipeline.audit"]),
     ("run", ["pipeline.run"]),
     ("train", ["pipeline.train"]),
+    ("ablate", ["pipeline.ablate"]),  # pipeline ablate: runs manifests (run/) and trains (train/)
     ("cli", ["pipeline.cli"]),
 ]
 # Layers side by side: neither may import the other.

@@ -22,7 +22,7 @@ from pathlib import Path
 from pipeline.common import storage
 from pipeline.common.errors import PipelineError, StageError
 from pipeline.core.dag import Dag, build_dag
-from pipeline.core.stage import NodeContext, NodeOutput, RunContext, Stage, code_fingerprint, merge_stats
+from pipeline.core.stage import RELEASED, NodeContext, NodeOutput, RunContext, Stage, code_fingerprint, merge_stats
 from pipeline.exec.executors import Executor
 from pipeline.exec.tasks import check_accounting
 from pipeline.io import remote
@@ -44,6 +44,7 @@ class RunResult:
     stats: dict[str, dict] = field(default_factory=dict)
     export: dict | None = None
     location: str | None = None  # where the output lives when it is remote (out_dir is then the working copy)
+    nodes_from_cache: list[str] = field(default_factory=list)  # complete nodes linked in from ``node_cache`` (also skipped)
 
 
 def default_cache_dir(manifest) -> Path:
@@ -86,21 +87,25 @@ def fingerprint(stage: Stage, node_kind: str, inputs: list[str], resolved: dict 
     return hashlib.sha256(json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def run_manifest(manifest, out_dir: Path | str, executor: Executor, console, *, progress: bool = True) -> RunResult:
+def run_manifest(manifest, out_dir: Path | str, executor: Executor, console, *, progress: bool = True, node_cache: Path | None = None) -> RunResult:
     """Run ``manifest`` into ``out_dir``: a local folder, or an fsspec URL (``s3://bucket/prefix``),
     in which case a local working copy is synchronized with the store (pipeline/io/remote.py):
     pulled before the run, each node pushed when it completes, everything pushed at the end or
-    when the run stops, so a re-run anywhere resumes from the store."""
+    when the run stops, so a re-run anywhere resumes from the store.
+
+    ``node_cache`` (a local folder, used by ``pipeline ablate``): complete nodes by fingerprint,
+    ``<node_cache>/<fingerprint>/``, shared by runs into other folders. A node found there is
+    hard-linked in instead of computed; a node this run completes is published there."""
     # 0. Licenses first: a conflict refuses the run before any source is resolved or downloaded.
     from pipeline.audit.licenses import check
 
     console.log(f"license: output {check(manifest).output_license}")
     if not remote.is_url(out_dir):
-        return _run(manifest, Path(out_dir), executor, console, progress=progress)
+        return _run(manifest, Path(out_dir), executor, console, progress=progress, node_cache=node_cache)
     store = remote.RemoteDir(str(out_dir))
     console.log(f"output {redact_url(store.url)}: working copy {store.local}; pulled {store.pull()} changed file(s)")
     try:
-        result = _run(manifest, store.local, executor, console, progress=progress, after_node=lambda name: store.push(f"stages/{name}"), store=store)
+        result = _run(manifest, store.local, executor, console, progress=progress, after_node=lambda name: store.push(f"stages/{name}"), store=store, node_cache=node_cache)
     except BaseException:
         # Keep what finished (partial nodes have no _COMPLETE): a re-run elsewhere reuses it.
         # A failing upload here must not hide the error that stopped the run.
@@ -114,19 +119,19 @@ def run_manifest(manifest, out_dir: Path | str, executor: Executor, console, *, 
     return result
 
 
-def _run(manifest, out_dir: Path, executor: Executor, console, *, progress: bool = True, after_node=None, store=None) -> RunResult:
+def _run(manifest, out_dir: Path, executor: Executor, console, *, progress: bool = True, after_node=None, store=None, node_cache: Path | None = None) -> RunResult:
     make_out_dir(out_dir)
     with RunLock(out_dir) as lock:
         if lock.removed_temps:
             console.log(f"removed {len(lock.removed_temps)} temporary file(s) an interrupted run left in {out_dir}")
         rctx = RunContext(out_dir=out_dir, cache_dir=default_cache_dir(manifest), console=console, manifest=manifest, progress=progress)
         if store is None:
-            return _walk(manifest, rctx, executor, console, after_node=after_node)
+            return _walk(manifest, rctx, executor, console, after_node=after_node, node_cache=node_cache)
         # workers that do not see this machine's files (a cluster without a shared volume) use the stores
         cache = remote.cache_mirror_for(rctx.cache_dir)
         executor.attach_stores(store, cache[0] if cache else None)
         try:
-            return _walk(manifest, rctx, executor, console, after_node=after_node)
+            return _walk(manifest, rctx, executor, console, after_node=after_node, node_cache=node_cache)
         finally:
             executor.detach_stores()
 
@@ -146,7 +151,7 @@ def make_out_dir(out_dir: Path) -> None:
         raise PipelineError(f"cannot create the output folder: {exc.strerror or exc}", where=str(out_dir), hint="choose another --out") from None
 
 
-def _walk(manifest, rctx: RunContext, executor: Executor, console, *, after_node=None) -> RunResult:
+def _walk(manifest, rctx: RunContext, executor: Executor, console, *, after_node=None, node_cache: Path | None = None) -> RunResult:
     out_dir = rctx.out_dir
     stages_dir = out_dir / "stages"
     dag = build_dag(manifest)
@@ -166,6 +171,9 @@ def _walk(manifest, rctx: RunContext, executor: Executor, console, *, after_node
     for name in dag.order:
         node = dag.nodes[name]
         fingerprints[name] = fingerprint(impls[name], node.kind, [fingerprints[i] for i in node.inputs], resolved.get(name))
+        if node_cache is not None and not _complete(stages_dir / name, fingerprints[name]) and _take_from_cache(Path(node_cache), fingerprints[name], stages_dir / name):
+            console.log(f"\\[{name}] taken from the node cache (fingerprint {fingerprints[name][:12]})")
+            result.nodes_from_cache.append(name)
     incomplete = {name for name in dag.order if not _complete(stages_dir / name, fingerprints[name])}
     export_marker = out_dir / "data" / ".grist_export.json"
     export_stale = not (export_marker.exists() and storage.read_json(export_marker).get("fingerprint") == fingerprints[dag.output])
@@ -226,6 +234,8 @@ def _walk(manifest, rctx: RunContext, executor: Executor, console, *, after_node
             result.nodes_run.append(name)
             record["skipped"] = False
             console.log(f"\\[{name}] done: {stats.get('in', '?')} in, {stats.get('out', '?')} out, {stats.get('removed', 0)} removed")
+        if node_cache is not None:
+            _put_in_cache(Path(node_cache), fp, node_dir)
         for sub, target in type(stage).publishes.items():
             publish_dir(node_dir / sub, out_dir / target, fp)
         if after_node is not None and name in result.nodes_run:
@@ -265,6 +275,46 @@ def _walk(manifest, rctx: RunContext, executor: Executor, console, *, after_node
 def _complete(node_dir: Path, fp: str) -> bool:
     marker = node_dir / "_COMPLETE"
     return marker.exists() and storage.read_json(marker).get("fingerprint") == fp
+
+
+def _link_tree(src: Path, dest: Path) -> None:
+    """``dest`` (absent) becomes a copy of ``src`` made of hard links (copies across devices),
+    written as a temporary folder renamed into place. Node files are only ever replaced by
+    renames, never edited in place, so the links never change under another run."""
+    import shutil
+
+    def link_or_copy(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    storage.remove_tree(tmp)
+    shutil.copytree(src, tmp, copy_function=link_or_copy)
+    try:
+        os.replace(tmp, dest)
+    except OSError:  # another run published it first (a non-empty dest): theirs is as good
+        storage.remove_tree(tmp)
+
+
+def _take_from_cache(cache: Path, fp: str, node_dir: Path) -> bool:
+    """Link the complete node ``fp`` of the shared cache into ``node_dir``; False when absent."""
+    cached = cache / fp
+    if not _complete(cached, fp) or (cached / RELEASED).exists():
+        return False
+    storage.remove_tree(node_dir)
+    node_dir.parent.mkdir(parents=True, exist_ok=True)
+    _link_tree(cached, node_dir)
+    return _complete(node_dir, fp)
+
+
+def _put_in_cache(cache: Path, fp: str, node_dir: Path) -> None:
+    """Publish a complete node (not one whose parts were released) to the shared cache."""
+    if (cache / fp).exists() or not _complete(node_dir, fp) or (node_dir / RELEASED).exists():
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    _link_tree(node_dir, cache / fp)
 
 
 def funnel_text(dag: Dag, stats: dict[str, dict], top: int = 3) -> str:
