@@ -58,6 +58,7 @@ FIELD_DESCRIPTIONS = {
     "lang_score": "confidence of the detected language",
     "dup_cluster_id": "duplicate cluster of the document (dedup stage)",
     "dup_cluster_size": "documents in the duplicate cluster before deduplication (1: no duplicate)",
+    "decontam": "evaluation sets whose items the document contains (decontaminate stage with action: flag; empty: none)",
     "label": "label of the document (classification sources)",
     "instruction": "prompt of the example (sft sources)",
     "response": "response of the example (sft sources)",
@@ -432,6 +433,8 @@ def render_readme(run: RunInfo, stats: dict, tokens: dict | None, rem: dict, dat
     L += _table(["node", "stage", "in", "out", "removed", "main reasons"], rows)
     L += ["Changes to the text:", ""]
     L += [f"- {md_code(c['node'])} ({md_escape(c['impl'])}): {md_escape(c['what'])}" for c in text_changes(run)] + [""]
+    L += contamination_lines(run)
+    L += stage_fact_lines(run)
     # Uses
     L += ["## Uses", ""]
     L.append(f"- **Intended**: {md_escape(intended) if intended else 'not declared'}; {', '.join(cats)}.")
@@ -485,6 +488,45 @@ def render_readme(run: RunInfo, stats: dict, tokens: dict | None, rem: dict, dat
     if cites:
         L += ["## Citation", ""] + [f"- {md_escape(s['name'])}: {md_escape(s['citation'])}" for s in cites] + [""]
     return "\n".join(L)
+
+
+def contamination_lines(run: RunInfo) -> list[str]:
+    """## Contamination: per decontaminate node upstream of data/, how many documents each evaluation set dropped or flagged."""
+    nodes = [n for n in run.chain if run.node(n).get("impl") == "decontaminate"]
+    if not nodes:
+        return []
+    L = ["## Contamination", ""]
+    for node in nodes:
+        st, params = run.stats(node), run.node(node).get("params") or {}
+        dec = st.get("decontam") or {}
+        action = dec.get("action") or params.get("action") or "drop"
+        verb = "dropped" if action == "drop" else "flagged (kept, `decontam` column)"
+        L += [f"Node {md_code(node)}: documents sharing long n-grams or whole short items with an evaluation set were {verb}; {_n(dec.get('documents', 0))} of {_n(st.get('in', 0))} documents.", ""]
+        rows = []
+        for spec in params.get("sets") or []:
+            name = spec.get("name")
+            by = (dec.get("by_set") or {}).get(name, {})
+            rows.append([md_escape(name), md_escape(spec.get("path")) + (f" @ {md_code(spec['revision'])}" if spec.get("revision") else ""), _n(by.get("documents", 0)), md_code(f"decontam:{name}") if action == "drop" else "-"])
+        L += _table(["evaluation set", "path", "documents " + ("dropped" if action == "drop" else "flagged"), "ledger reason"], rows)
+    return L
+
+
+def stage_fact_lines(run: RunInfo) -> list[str]:
+    """## Stage facts: each node's ``stats["card"]`` = {title, rows: [[label, value]], notes: [..]}, rendered as given (escaped)."""
+    L: list[str] = []
+    for node in run.chain:
+        card = run.stats(node).get("card")
+        if not isinstance(card, dict):
+            continue
+        if not L:
+            L = ["## Stage facts", ""]
+        L += [f"### {md_escape(card.get('title') or node)} ({md_code(node)})", ""]
+        rows = [[md_escape(r[0]), md_escape(r[1])] for r in card.get("rows") or [] if isinstance(r, (list, tuple)) and len(r) >= 2]
+        if rows:
+            L += _table(["fact", "value"], rows)
+        L += [f"- {md_escape(n)}" for n in card.get("notes") or []]
+        L.append("")
+    return L
 
 
 def _pii(run: RunInfo) -> str:

@@ -158,11 +158,16 @@ def _walk(manifest, rctx: RunContext, executor: Executor, console, *, after_node
     impls = instantiate(dag)
     result = RunResult(out_dir=out_dir)
 
-    # 1. Pin every source before any download: a bad date or mirror fails fast.
+    # 1. Pin every source before any download: a bad date or mirror fails fast. Stages with
+    #    inputs of their own (evaluation sets, a saved model) pin them too: their content enters
+    #    the fingerprint, and a missing file fails before any work.
     resolved: dict[str, dict] = {}
     for name in dag.order:
         if dag.nodes[name].kind == "source":
             console.log(f"\\[{name}] resolving {dag.nodes[name].impl} source")
+            resolved[name] = impls[name].resolve(rctx)
+        elif callable(getattr(impls[name], "resolve", None)):
+            console.log(f"\\[{name}] resolving {dag.nodes[name].impl} inputs")
             resolved[name] = impls[name].resolve(rctx)
 
     # 2. What must run: nodes not complete for their fingerprint, and released nodes (retain:

@@ -220,7 +220,7 @@ def funnel_rows(per_source: pl.DataFrame, nodes: list[dict], stats: dict[str, di
         row = {"node": n["name"], "impl": n["impl"], "docs_in": in_d, "docs_out": out_d, "docs_removed": rem_d, "chars_out": out_c, "chars_removed": rem_c}
         if source is None:  # whole-run numbers must agree with what the node recorded
             row["stats"] = {k: st.get(k) for k in ("in", "out", "removed")}
-            row["consistent"] = st.get("out") == out_d and st.get("removed") == rem_d and (st.get("in") is None or st.get("in") == in_d)
+            row["consistent"] = st.get("out") == out_d and st.get("removed") == rem_d and (st.get("in") is None or st.get("in") + st.get("added", 0) == in_d)
         rows.append(row)
     return rows
 
@@ -477,7 +477,35 @@ def scope_facts(out_dir: Path, meta: dict, stats: dict, per_source: pl.DataFrame
         "dedup": [dedup_facts(out_dir, n, removals, source) for n in by_impl("dedup")],
         "tokens": tokens,
         "finetune": [f for n in by_impl("finetune_data") if (f := finetune_facts(n, stats.get(n["name"], {})))] if source is None else [],
+        # counts over all sources (the stages record them per set, not per source)
+        "contamination": [contamination_facts(n, stats.get(n["name"], {})) for n in by_impl("decontaminate")] if source is None else [],
+        "stage_cards": stage_cards(nodes, stats) if source is None else [],
     }
+
+
+def contamination_facts(node: dict, stats: dict) -> dict:
+    """Per evaluation set of a decontaminate node: documents dropped (or flagged) and the ledger reason."""
+    params = node.get("params") or {}
+    dec = stats.get("decontam") or {}
+    action = dec.get("action") or params.get("action") or "drop"
+    by_set = dec.get("by_set") or {}
+    sets = [
+        {"set": s.get("name"), "path": s.get("path"), "revision": s.get("revision"), "documents": int((by_set.get(s.get("name")) or {}).get("documents", 0)), "reason": f"decontam:{s.get('name')}" if action == "drop" else None}
+        for s in params.get("sets") or []
+    ]
+    return {"node": node["name"], "action": action, "documents": int(dec.get("documents", 0)), "docs_in": stats.get("in"), "sets": sets}
+
+
+def stage_cards(nodes: list[dict], stats: dict[str, dict]) -> list[dict]:
+    """Every node's ``stats["card"]`` ({title, rows: [[label, value]], notes}), in node order, as plain strings."""
+    out = []
+    for n in nodes:
+        card = (stats.get(n["name"]) or {}).get("card")
+        if not isinstance(card, dict):
+            continue
+        rows = [[str(r[0]), str(r[1])] for r in card.get("rows") or [] if isinstance(r, (list, tuple)) and len(r) >= 2]
+        out.append({"node": n["name"], "impl": n.get("impl"), "title": str(card.get("title") or n["name"]), "rows": rows, "notes": [str(x) for x in card.get("notes") or []]})
+    return out
 
 
 def gather(out_dir: Path, samples: int = 5) -> dict:

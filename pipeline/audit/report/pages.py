@@ -175,6 +175,38 @@ def tokens_section(scope: dict) -> Safe:
     return section("tokens", "Tokens per split", join(parts))
 
 
+def contamination_section(scope: dict) -> Safe:
+    """Per decontaminate node: documents dropped or flagged per evaluation set."""
+    if not scope.get("contamination"):
+        return Safe("")
+    parts = []
+    for c in scope["contamination"]:
+        verb = "dropped" if c["action"] == "drop" else "flagged"
+        rows = [[s["set"], s["path"] + (f" @ {s['revision']}" if s.get("revision") else ""), s["documents"], s.get("reason") or "-"] for s in c["sets"]]
+        chart = svg.bar_chart([s["set"] for s in c["sets"]], {verb: [s["documents"] for s in c["sets"]]}, title=f"documents {verb} per evaluation set") if c["sets"] else ""
+        parts.append(
+            render(
+                '<h3>node $n <span class="muted">($a: $d of $i documents)</span></h3>$t$c',
+                n=c["node"], a=verb, d=c["documents"], i=c.get("docs_in") if c.get("docs_in") is not None else "?",
+                t=table(["evaluation set", "path", f"documents {verb}", "ledger reason"], rows, numeric=(2,), cls="contamination", keys=["set", "path", "docs", "reason"]),
+                c=Safe(chart),
+            )
+        )
+    note = "Documents sharing a long n-gram, or a whole line equal to a short item, with an evaluation set. A document matching several sets counts for each; the ledger names the first."
+    return section("contamination", "Contamination", join(parts), note=note)
+
+
+def stage_cards_section(scope: dict) -> Safe:
+    """Facts stages recorded for the card (stats["card"]): a table and notes per node."""
+    if not scope.get("stage_cards"):
+        return Safe("")
+    parts = []
+    for c in scope["stage_cards"]:
+        notes = render("<ul>$l</ul>", l=join(render("<li>$x</li>", x=x) for x in c["notes"])) if c["notes"] else Safe("")
+        parts.append(render('<h3>$t <span class="muted">(node $n)</span></h3>$r$o', t=c["title"], n=c["node"], r=table(["", ""], c["rows"], cls="kv") if c["rows"] else Safe(""), o=notes))
+    return section("stage-facts", "Stage facts", join(parts))
+
+
 LICENSE_SHOWN = ("from", "assessed", "output_license", "share_alike", "use", "intended_use", "obligations", "conflicts", "sources", "attribution")
 
 
@@ -221,6 +253,8 @@ def scope_body(facts: dict, scope: dict, k: int) -> Safe:
             languages_section(scope),
             dedup_section(scope),
             tokens_section(scope),
+            contamination_section(scope),
+            stage_cards_section(scope),
         ]
     )
 
