@@ -29,6 +29,10 @@ STAGES = {
     "html_extract": "stages.html_extract:HtmlExtract",
     "url_filter": "stages.url_filter:UrlFilter",
     "content_filter": "stages.content_filter:ContentFilter",
+    "quality_classifier": "stages.quality_classifier:QualityClassifier",
+    "lm_score": "stages.lm_score:LmScore",
+    "decontaminate": "stages.decontaminate:Decontaminate",
+    "mix": "stages.mix:Mix",
 }
 
 

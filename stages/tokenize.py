@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -273,8 +274,17 @@ def _hf_agreement(model: bytes, texts: list[str]) -> dict:
 
 
 # ------------------------------------------------------------------------------- hashing
+_REPEAT_SUFFIX = re.compile(r"#r\d+$")
+
+
+def base_id(doc_id: str) -> str:
+    """The original's id of a copy ``mix`` made by up-sampling (``<id>#r1``): copies share their
+    original's split, so repeated text never lands in validation while its original trains."""
+    return _REPEAT_SUFFIX.sub("", doc_id) if "#r" in doc_id else doc_id
+
+
 def split_hash(doc_id: str, seed: int) -> int:
-    return xxhash.xxh3_64_intdigest(b"split:" + doc_id.encode("utf-8"), seed=seed)
+    return xxhash.xxh3_64_intdigest(b"split:" + base_id(doc_id).encode("utf-8"), seed=seed)
 
 
 def sample_hash(doc_id: str, seed: int) -> int:
@@ -343,7 +353,7 @@ class _Sample:
                 texts = batch.column("text")
                 for i in np.flatnonzero(ok).tolist():
                     doc_id = ids[i] or ""
-                    if self.val_threshold >= 0 and (split_hash(doc_id, self.seed) < self.val_threshold or doc_id in self.forced):
+                    if self.val_threshold >= 0 and (split_hash(doc_id, self.seed) < self.val_threshold or base_id(doc_id) in self.forced):
                         continue
                     if self.threshold < 2**64 and sample_hash(doc_id, self.seed) >= self.threshold:
                         continue
@@ -451,7 +461,7 @@ def _encode_task(part: str, index: int, cfg: dict, work: str, out_path: str, rem
                 doc_id = ids[i] or ""
                 keep[i] = True
                 enc[i] = token_ids
-                split_of[i] = "validation" if (split_hash(doc_id, seed) < val_threshold or doc_id in forced) else "train"
+                split_of[i] = "validation" if (split_hash(doc_id, seed) < val_threshold or base_id(doc_id) in forced) else "train"
             kept_idx = np.flatnonzero(keep)
             # token stream per split: [BOS] ids EOS for each document, in input order
             n_tok = np.zeros(n, dtype=np.int64)

@@ -327,5 +327,16 @@ def parse_manifest(path: str | Path, overrides: list[str] | None, registry: Regi
         )
     model.stages = specs
     manifest = Manifest(path, raw, model, sources, stage_params)
-    build_dag(manifest)  # shape errors (cycles, unknown inputs, duplicate names) surface at load time
+    dag = build_dag(manifest)  # shape errors (cycles, unknown inputs, duplicate names) surface at load time
+    # Params that name other nodes (mix weights, classifier training nodes) are checked against
+    # the node's inputs here, so `pipeline validate` catches them: a stage class may define
+    # check_inputs(params, inputs) -> list of problems.
+    late = [
+        f"stages[{i}].params.{msg} (stage {spec.name!r})"
+        for i, (spec, prm) in enumerate(zip(specs, stage_params))
+        if (chk := getattr(get_stage_class(spec.stage), "check_inputs", None))
+        for msg in chk(prm, dag.nodes[spec.name].inputs)
+    ]
+    if late:
+        raise ManifestError("invalid manifest:\n    " + "\n    ".join(late), where=str(path), hint="name each input of the stage as the stage's params expect; `pipeline validate MANIFEST` checks without running")
     return manifest

@@ -20,10 +20,12 @@ def task_entry(fn: Callable[..., dict], node_dir: str, index: int, args: tuple, 
 
 
 def check_accounting(stats: dict, where: str) -> None:
-    """Documents in = kept + removed, always: nothing disappears without a ledger entry."""
-    if {"in", "out", "removed"} <= stats.keys() and stats["in"] != stats["out"] + stats["removed"]:
+    """Documents in (+ copies a stage adds, ``added``: mix's repeats) = kept + removed, always:
+    nothing disappears without a ledger entry."""
+    added = stats.get("added", 0)
+    if {"in", "out", "removed"} <= stats.keys() and stats["in"] + added != stats["out"] + stats["removed"]:
         raise StageError(
-            f"accounting mismatch: {stats['in']} documents in, {stats['out']} kept + {stats['removed']} removed",
+            f"accounting mismatch: {stats['in']} documents in" + (f" + {added} added" if added else "") + f", {stats['out']} kept + {stats['removed']} removed",
             where=where,
             hint="this is a bug in the stage: every dropped document must be written to the removal ledger",
         )
