@@ -40,7 +40,6 @@ import numpy as np
 from pipeline.text import minhash as mh
 
 U64 = np.uint64
-_BASE = 0x9E3779B97F4A7C15  # odd: invertible mod 2**64
 SALT_CHAR = U64(0x1F3D5B79A2C4E6F1)
 SALT_WORD = U64(0x2B4D6F8193A5C7E9)
 SALT_EXACT = U64(0x3C5E7A9B1D2F4861)
@@ -61,26 +60,8 @@ class Config:
     t2s: bool = True
 
 
-class _Powers:
-    """B**i and B**-i mod 2**64, grown on demand (per process)."""
-
-    def __init__(self) -> None:
-        self.pw = np.ones(1, U64)
-        self.inv = np.ones(1, U64)
-
-    def get(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        if len(self.pw) < n:
-            size = max(n, 2 * len(self.pw))
-            pw = np.full(size, U64(_BASE))
-            pw[0] = 1
-            self.pw = np.cumprod(pw, dtype=U64)
-            inv = np.full(size, U64(pow(_BASE, -1, 1 << 64)))
-            inv[0] = 1
-            self.inv = np.cumprod(inv, dtype=U64)
-        return self.pw[:n], self.inv[:n]
-
-
-_POWERS = _Powers()
+# the same polynomial prefix hashes as MinHash's shingles (B**i and B**-i mod 2**64, grown on demand)
+_POWERS = mh._POWERS
 
 
 @functools.lru_cache(maxsize=2)
