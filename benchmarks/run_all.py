@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["extract", "clean", "lid", "quality", "dedup", "tokenize"]
-OPTIONAL = ["scaling", "train", "generate"]
+BENCHES = ["extract", "clean", "lid", "quality", "dedup", "tokenize", "warc", "html", "content_filter", "web", "decontam"]
+OPTIONAL = ["scaling", "train", "generate", "cc_select", "classifier", "lm_score"]
 
 
 def main() -> int:

@@ -33,7 +33,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from pipeline.common import storage
 from pipeline.common.errors import PipelineError
@@ -50,7 +50,7 @@ SCORE_SCHEMA = pa.schema([("q_perplexity", pa.float64()), ("lm_tokens", pa.int32
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(..., description="a `pipeline train` output folder or its checkpoint/ folder (relative paths: to the working directory, like --out)")
+    model: str = Field(..., description="a `pipeline train` output folder or its checkpoint/ folder (relative paths: to the manifest's folder)")
     model_sha256: str | None = Field(None, description="sha256 of the checkpoint's model.safetensors; filled in at load (so a new model re-scores), or set to pin one")
     batch_size: int = Field(16, ge=1, le=4096, description="sequences per forward pass (windows of at most the model's context, sorted by length)")
     max_tokens_per_doc: int = Field(1024, ge=1, description="documents longer than this are scored on their first N tokens")
@@ -85,7 +85,11 @@ class Params(BaseModel):
 
     @field_validator("model")
     @classmethod
-    def _a_trained_run(cls, v: str) -> str:
+    def _a_trained_run(cls, v: str, info: ValidationInfo) -> str:
+        # relative to the manifest's folder (as local sources and tokenizer_path), kept absolute
+        manifest_dir = (info.context or {}).get("manifest_dir")
+        if manifest_dir and not Path(v).expanduser().is_absolute():
+            v = str((Path(manifest_dir) / v).resolve())
         try:  # a missing model, a folder that is not a run, a lost tokenizer: named at load time
             lm.find_run(v)
         except PipelineError as exc:

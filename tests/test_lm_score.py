@@ -212,3 +212,11 @@ def test_bad_model_paths_are_clear_errors(model_run, tmp_path):
     assert str(tmp_path / "gone" / "tokenizer") in str(e.value)
     with pytest.raises(ManifestError, match="two increasing cut points"):
         load_manifest(m, ["stages.lm.params.buckets=[0.7, 0.2]"])
+
+
+def test_a_relative_model_path_is_read_from_the_manifest_folder(model_run, tmp_path, monkeypatch):
+    shutil.copytree(model_run, tmp_path / "models" / "run")
+    m = write_manifest(tmp_path / "project", Path("../models/run"))
+    monkeypatch.chdir(tmp_path / "project" / "in")  # somewhere else: the working directory must not matter
+    params = load_manifest(m).stage_params[0]
+    assert Path(params.model) == (tmp_path / "models" / "run").resolve()

@@ -310,7 +310,8 @@ def parse_manifest(path: str | Path, overrides: list[str] | None, registry: Regi
             problems.append(f"stages[{i}].stage: unknown stage {spec.stage!r}; allowed: {', '.join(stage_names())}")
             continue
         try:
-            stage_params.append(get_stage_class(spec.stage).Params.model_validate(spec.params))
+            # the context lets a validator read paths relative to the manifest's folder, as sources do
+            stage_params.append(get_stage_class(spec.stage).Params.model_validate(spec.params, context={"manifest_dir": str(Path(path).resolve().parent)}))
         except ValidationError as err:
             problems += validation_lines(err, ("stages", i, "params"))
 
