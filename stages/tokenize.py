@@ -61,8 +61,9 @@ HF_CHECK_CHARS = 2_000_000  # at most this much sample text is encoded twice for
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tokenizer_path: str | None = Field(None, description="existing tokenizer: a SentencePiece .model, or a folder with tokenizer.model or tokenizer.json (relative to the manifest); None: train one")
-    tokenizer_sha256: str | None = Field(None, description="expected sha256 of the tokenizer_path file (tokenizer.model, else tokenizer.json): pins it")
+    tokenizer_path: str | None = Field(None, description="existing tokenizer: a SentencePiece .model, a folder with tokenizer.model or tokenizer.json (+ tokenizer_config.json; any Hugging Face tokenizer folder, relative to the manifest), or a hub model id (org/name) with revision; None: train one")
+    revision: str | None = Field(None, description="hub revision (a commit sha, or a tag) of a hub tokenizer_path: required for hub ids so the run can be repeated")
+    tokenizer_sha256: str | None = Field(None, description="expected sha256 of the tokenizer_path file (tokenizer.model, else tokenizer.json), or of the folder's tokenizer files (grist_tokenizer.json source_dir_sha256): pins it")
     model_type: Literal["bpe", "unigram"] = "bpe"
     vocab_size: int = Field(32000, ge=300, le=1 << 20, description="requested vocabulary size (a sample too small for it gives fewer pieces, reported)")
     character_coverage: float = Field(0.9995, gt=0, le=1, description="share of the sample's characters that get their own piece; the rest is byte-encoded")
@@ -71,7 +72,7 @@ class Params(BaseModel):
     split_digits: bool = Field(False, description="one digit per piece")
     train_threads: int | None = Field(None, ge=1, description="SentencePiece trainer threads (default: workers for bpe, which is deterministic for any count; 1 for unigram, which is not)")
     seq_len: int = Field(1024, ge=2, description="tokens per packed row")
-    bos: bool = Field(False, description="also put BOS before each document (EOS always follows each)")
+    bos: bool | None = Field(None, description="also put BOS before each document (EOS always follows each); None: the tokenizer's convention (tokenizer_config add_bos_token, or its post-processor; false for trained and bare .model tokenizers)")
     eos_token: str | None = Field(None, description="EOS piece (default: the tokenizer's own)")
     bos_token: str | None = Field(None, description="BOS piece (default: the tokenizer's own)")
     validation_fraction: float = Field(0.01, ge=0, lt=1, description="share of documents (by a hash of the id) in the validation split")
@@ -111,14 +112,17 @@ class Tokenize(Stage):
             self._make_tokenizer(ctx, parts, scan, val_threshold, forced, tok_dir)
         meta = storage.read_json(tok_dir / tkz.META)
         tok = tkz.load_tokenizer(tok_dir)
+        conventions = meta.get("conventions") or {}
+        want_bos = p.bos if p.bos is not None else bool(conventions.get("add_bos_token"))
         try:
             eos_id = tkz.resolve_special(tok, p.eos_token, tok.eos_id, "eos_token")
-            bos_id = tkz.resolve_special(tok, p.bos_token, tok.bos_id, "bos_token") if p.bos else None
+            bos_id = tkz.resolve_special(tok, p.bos_token, tok.bos_id, "bos_token") if want_bos else None
         except tkz.TokenizerError as exc:
             raise StageError(str(exc), where=f"node {self.node!r} params", hint="name a piece of the tokenizer") from exc
-        if p.bos and bos_id is None:
-            raise StageError("bos: true but the tokenizer has no BOS piece", where=f"node {self.node!r} params.bos", hint="set bos_token, or bos: false")
-        ctx.provenance["tokenizer"] = {k: meta.get(k) for k in ("source", "kind", "model_type", "vocab_size", "sha256", "sample", "hf_agreement")}
+        if want_bos and bos_id is None:
+            said = "bos: true" if p.bos else "the tokenizer's config adds BOS (add_bos_token)"
+            raise StageError(f"{said} but the tokenizer has no BOS piece", where=f"node {self.node!r} params.bos", hint="set bos_token, or bos: false")
+        ctx.provenance["tokenizer"] = {k: meta.get(k) for k in ("source", "revision", "kind", "model_type", "vocab_size", "sha256", "source_dir_sha256", "sample", "hf_agreement")}
 
         # 3. encode
         work = ctx.dir / "work"
@@ -161,7 +165,7 @@ class Tokenize(Stage):
                     "vocab_size": tok.vocab_size,
                     "eos_id": eos_id,
                     "bos_id": bos_id,
-                    "tokenizer": {"sha256": meta["sha256"], "kind": meta["kind"], "files": meta["files"], "path": "../tokenizer"},
+                    "tokenizer": _identity(meta, tok, eos_id, bos_id),
                     "validation_fraction": p.validation_fraction,
                     "split_rule": "validation iff xxh3_64(b'split:' + id, seed) < validation_fraction * 2**64 (else train); forced_validation if none did",
                     "seed": p.seed,
@@ -175,14 +179,48 @@ class Tokenize(Stage):
         index = packing.read_index(tokens_dir)
         return {"tokenize": _summary(totals, index, meta, p, forced)}
 
+    # ------------------------------------------------------------------------- identity
+    def _source(self, rctx) -> tuple[Path | None, str | None]:
+        """(local path, hub id) of ``tokenizer_path``; hub ids need ``revision``."""
+        p: Params = self.params
+        where = f"node {self.node!r} ({self.name}) params.tokenizer_path"
+        if not p.tokenizer_path:
+            return None, None
+        manifest = getattr(rctx, "manifest", None)
+        base = Path(manifest.path).parent if manifest is not None and getattr(manifest, "path", None) else Path.cwd()
+        src = Path(p.tokenizer_path).expanduser()
+        src = src if src.is_absolute() else base / src
+        if not src.exists() and tkz.HUB_ID.match(p.tokenizer_path):
+            if not p.revision:
+                raise StageError(f"{p.tokenizer_path!r} is not a local path: as a hub model id it needs revision", where=where, hint="set revision: a commit sha (or a tag) of the hub repository, so the run can be repeated")
+            return None, p.tokenizer_path
+        return src, None
+
+    def resolve(self, rctx) -> dict | None:
+        """Pin a given tokenizer in the fingerprint: a local folder by the sha256 of its tokenizer
+        files, a file by its sha256, a hub id by its revision. None when the tokenizer is trained."""
+        p: Params = self.params
+        src, hub = self._source(rctx)
+        if hub:
+            return {"identity": {"tokenizer": hub, "revision": p.revision}}
+        if src is None:
+            return None
+        if src.is_dir():
+            files = tkz.source_files(src)
+            return {"identity": {"tokenizer_files": files, "tokenizer_sha256": tkz.dir_sha256(files) if files else None}}
+        return {"identity": {"tokenizer_sha256": hashlib.sha256(src.read_bytes()).hexdigest() if src.is_file() else None}}
+
     # ------------------------------------------------------------------------- tokenizer
     def _make_tokenizer(self, ctx: NodeContext, parts: list[str], scan: list[dict], val_threshold: int, forced: list[str], tok_dir: Path) -> None:
         p: Params = self.params
         where = f"node {self.node!r} ({self.name})"
         if p.tokenizer_path:
-            base = Path(ctx.run.manifest.path).parent if getattr(ctx.run, "manifest", None) is not None and getattr(ctx.run.manifest, "path", None) else Path.cwd()
-            src = Path(p.tokenizer_path).expanduser()
-            src = src if src.is_absolute() else base / src
+            src, hub = self._source(ctx.run)
+            if hub:
+                try:
+                    src = tkz.fetch_hub_tokenizer(hub, p.revision)
+                except tkz.TokenizerError as exc:
+                    raise StageError(str(exc), where=f"{where} params.tokenizer_path", hint=exc.hint if hasattr(exc, "hint") else None) from None
             if src.is_dir():
                 pinned = src / tkz.SP_MODEL if (src / tkz.SP_MODEL).is_file() else src / tkz.HF_TOKENIZER
             else:
@@ -190,9 +228,17 @@ class Tokenize(Stage):
             if not pinned.is_file():
                 raise StageError(f"no tokenizer at {src}", where=f"{where} params.tokenizer_path", hint="a SentencePiece .model file, or a folder with tokenizer.model or tokenizer.json")
             digest = hashlib.sha256(pinned.read_bytes()).hexdigest()
-            if p.tokenizer_sha256 and p.tokenizer_sha256.lower() != digest:
-                raise StageError(f"{pinned} has sha256 {digest}, expected {p.tokenizer_sha256}", where=f"{where} params.tokenizer_sha256", hint="the tokenizer file changed: update the pin or restore the file")
-            meta = {"source": str(src), "source_sha256": digest, "trained": False}
+            files = tkz.source_files(src) if src.is_dir() else {}
+            dir_digest = tkz.dir_sha256(files) if files else None
+            if p.tokenizer_sha256 and p.tokenizer_sha256.lower() not in (digest, dir_digest):
+                raise StageError(f"{pinned} has sha256 {digest}" + (f" (its folder's tokenizer files: {dir_digest})" if dir_digest else "") + f", expected {p.tokenizer_sha256}", where=f"{where} params.tokenizer_sha256", hint="the tokenizer file changed: update the pin or restore the file")
+            meta = {"source": hub or str(src), "source_sha256": digest, "trained": False}
+            if hub:
+                meta["revision"] = p.revision
+            if files:
+                meta.update(source_files=files, source_dir_sha256=dir_digest)
+            if src.is_dir() and ((src / tkz.HF_CONFIG).is_file() or (src / tkz.HF_SPECIAL).is_file() or (src / tkz.HF_TOKENIZER).is_file()):
+                meta["conventions"] = tkz.hf_conventions(src)
             checks = _first_texts(parts, p.hf_check_documents)
             if pinned.name != tkz.HF_TOKENIZER:
                 model = pinned.read_bytes()
@@ -247,6 +293,24 @@ class Tokenize(Stage):
         if meta["hf_agreement"]["mismatches"]:
             ctx.run.console.log(f"\\[{self.node}] WARNING: tokenizer.json disagrees with SentencePiece on {meta['hf_agreement']['mismatches']} of {meta['hf_agreement']['documents']} documents")
         tkz.write_tokenizer_dir(tok_dir, sp_model=model, meta=meta)
+
+
+def _identity(meta: dict, tok: tkz.TextTokenizer, eos_id: int, bos_id: int | None) -> dict:
+    """What token shards record of their tokenizer: enough to refuse shards of another one."""
+    out = {"sha256": meta["sha256"], "kind": meta["kind"], "files": meta["files"], "path": "../tokenizer"}
+    if not meta.get("trained", True):  # a given tokenizer: where it came from (trained ones: index unchanged)
+        out.update(
+            name=meta.get("source"),
+            revision=meta.get("revision"),
+            source_sha256=meta.get("source_dir_sha256") or meta.get("source_sha256"),
+            vocab_size=tok.vocab_size,
+            eos_id=eos_id,
+            bos_id=bos_id,
+            eos_token=tok.pieces[eos_id] if eos_id is not None and eos_id < len(tok.pieces) else None,
+            bos_token=tok.pieces[bos_id] if bos_id is not None and bos_id < len(tok.pieces) else None,
+            conventions=meta.get("conventions"),
+        )
+    return out
 
 
 def _sp_meta(model: bytes) -> dict:
@@ -593,7 +657,7 @@ def _summary(totals: dict, index: dict, meta: dict, p: Params, forced: list[str]
             "byte_fallback_rate": _rate(s["byte_fallback_tokens"], st),
         }
     return {
-        "tokenizer": {k: meta.get(k) for k in ("source", "kind", "model_type", "vocab_size", "requested_vocab_size", "sha256", "sample", "hf_agreement") if k in meta},
+        "tokenizer": {k: meta.get(k) for k in ("source", "revision", "kind", "model_type", "vocab_size", "requested_vocab_size", "sha256", "source_dir_sha256", "conventions", "sample", "hf_agreement") if k in meta},
         "seq_len": p.seq_len,
         "dtype": index["dtype"],
         "eos_id": index["eos_id"],

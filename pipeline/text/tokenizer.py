@@ -261,6 +261,81 @@ def dir_sha256(files: dict[str, str]) -> str:
     return h.hexdigest()
 
 
+# ----------------------------------------------------------- published tokenizers (issue 15)
+# The files of a Hugging Face tokenizer folder that define its behaviour: hashed to pin a local
+# folder, fetched for a hub id. Other files in the folder (weights, README) are ignored.
+TOKENIZER_FILES = (SP_MODEL, HF_TOKENIZER, HF_CONFIG, HF_SPECIAL, "added_tokens.json", "vocab.json", "merges.txt")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def source_files(folder: Path) -> dict[str, str]:
+    """sha256 of each tokenizer file present in ``folder`` (``TOKENIZER_FILES``)."""
+    folder = Path(folder)
+    return {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in TOKENIZER_FILES if (folder / n).is_file()}
+
+
+def is_hub_id(value: str) -> bool:
+    """``org/name`` that is not an existing local path."""
+    return bool(HUB_ID.match(value)) and not Path(value).expanduser().exists()
+
+
+def fetch_hub_tokenizer(repo_id: str, revision: str) -> Path:
+    """Download the tokenizer files of a hub model at ``revision`` (huggingface_hub cache;
+    offline with HF_HUB_OFFLINE=1 once cached). Returns the snapshot folder."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(TOKENIZER_FILES)))
+    except Exception as exc:  # network, unknown repo/revision, gated model
+        raise TokenizerError(
+            f"cannot fetch the tokenizer of {repo_id}@{revision} from the Hugging Face hub ({type(exc).__name__}: {exc})",
+            hint="check the id and revision, network access and HF_TOKEN for gated models; or download the folder and give its path",
+        ) from None
+
+
+def _special_content(value) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def hf_conventions(folder: Path) -> dict:
+    """The tokenizer's own BOS/EOS conventions, from ``tokenizer_config.json`` (then
+    ``special_tokens_map.json``): ``bos_token``, ``eos_token``, ``add_bos_token``,
+    ``add_eos_token``. When the config does not say ``add_bos_token`` / ``add_eos_token``
+    (Llama 3, Qwen), they are read off ``tokenizer.json``'s post-processor: the special tokens it
+    puts around an encoding. Absent facts are None."""
+    folder = Path(folder)
+    config: dict = {}
+    for name in (HF_CONFIG, HF_SPECIAL):
+        if (folder / name).is_file():
+            for k, v in json.loads((folder / name).read_text(encoding="utf-8")).items():
+                config.setdefault(k, v)
+    out = {
+        "bos_token": _special_content(config.get("bos_token")),
+        "eos_token": _special_content(config.get("eos_token")),
+        "add_bos_token": config.get("add_bos_token") if isinstance(config.get("add_bos_token"), bool) else None,
+        "add_eos_token": config.get("add_eos_token") if isinstance(config.get("add_eos_token"), bool) else None,
+        "from": "tokenizer_config",
+    }
+    if (out["add_bos_token"] is None or out["add_eos_token"] is None) and (folder / HF_TOKENIZER).is_file():
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(folder / HF_TOKENIZER))
+        plain = tok.encode("a", add_special_tokens=False).ids
+        full = tok.encode("a", add_special_tokens=True).ids
+        at = next((k for k in range(len(full) - len(plain) + 1) if full[k : k + len(plain)] == plain), 0)
+        before, after = full[:at], full[at + len(plain) :]
+        bos_id = tok.token_to_id(out["bos_token"]) if out["bos_token"] else None
+        eos_id = tok.token_to_id(out["eos_token"]) if out["eos_token"] else None
+        if out["add_bos_token"] is None:
+            out["add_bos_token"] = bos_id is not None and bos_id in before
+        if out["add_eos_token"] is None:
+            out["add_eos_token"] = eos_id is not None and eos_id in after
+        out["from"] = "tokenizer_config + tokenizer.json post_processor"
+    return out
+
+
 # ------------------------------------------------------------------------------ encoding
 @dataclass
 class TextTokenizer:
@@ -372,15 +447,14 @@ def _from_hf_dir(path: Path) -> TextTokenizer:
                 config.setdefault(k, v)
 
     def token_id(key: str) -> int | None:
-        value = config.get(key)
-        if isinstance(value, dict):
-            value = value.get("content")
-        return tok.token_to_id(value) if isinstance(value, str) else None
+        value = _special_content(config.get(key))
+        return tok.token_to_id(value) if value is not None else None
 
     eos = token_id("eos_token")
     if eos is None:
-        raise TokenizerError(f"{path}: no eos_token in tokenizer_config.json / special_tokens_map.json (set the stage's eos_token)")
-    n = tok.get_vocab_size(with_added_tokens=True)
+        raise TokenizerError(f"{path}: no eos_token in tokenizer_config.json / special_tokens_map.json, or it is not a token (set the stage's eos_token)")
+    # ids run to the highest id, added tokens included (Qwen's sit above its 151,643 pieces)
+    n = max(tok.get_vocab_size(with_added_tokens=True), max(tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1)
     pieces = [tok.id_to_token(i) or "" for i in range(n)]
     return TextTokenizer(
         kind="hf",
