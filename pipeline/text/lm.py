@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.common import storage
 from pipeline.common.errors import StageError
 
 WEIGHTS = "model.safetensors"
@@ -107,11 +108,7 @@ def _find_tokenizer(state: dict, ckpt: Path) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return storage.file_digests(Path(path))["sha256"]
 
 
 @functools.lru_cache(maxsize=16)

@@ -37,6 +37,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import polars as pl
 
+from pipeline.common import storage
+
 # scheme:// (or a bare //), user info, then the host (an IPv6 literal in brackets or up to : / ? #)
 _HOST_RE = r"^\s*(?:[a-zA-Z][a-zA-Z0-9+.\-]*://|//)?(?:[^@/?#\s]*@)?(\[[^\]/]*\]|[^:/?#\s]*)"
 _SCHEME_RE = r"^\s*(?:[a-zA-Z][a-zA-Z0-9+.\-]*://|//)?(?:[^@/?#\s]*@)?"
@@ -181,11 +183,7 @@ def _datatrove_assets() -> Path:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return storage.file_digests(Path(path))["sha256"]
 
 
 def _cache_file(digest: str) -> Path:
