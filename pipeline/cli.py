@@ -193,7 +193,11 @@ def train(
     sample_tokens: Optional[int] = typer.Option(None, "--sample-tokens", help="New tokens per sample (default 32)."),
     export: bool = typer.Option(True, "--export/--no-export", help="Write a Hugging Face export with a model card to RUN_DIR/hf at the end."),
     finetune: Optional[str] = typer.Option(None, "--finetune", help="classification or sft: fine-tune --init-from on the finetune/ examples of --shards instead of pretraining."),
-    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Fine-tuning: the pretraining run dir (or its checkpoint/)."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from a published model: a Hugging Face folder or hub id (Llama 2/3, Qwen2/2.5/3, Mistral): continued pretraining on --shards' tokens, or fine-tuning with --finetune; fine-tuning also takes a pretraining run dir (or its checkpoint/)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="With a hub id for --init-from: the commit or tag to fetch (required: what you train from must not change)."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute each block's activations in the backward pass: less memory, more time."),
+    lora: Optional[bool] = typer.Option(None, "--lora/--no-lora", help="Fine-tuning: train low-rank adapters (peft LoRA) instead of all weights; merged into the saved model."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Fine-tuning: stop after this many evaluations without a better validation score."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning: passes over the training examples (default 3)."),
     ctx: typer.Context = None,  # injected by typer: tells which options were typed (fine-tuning keeps its own defaults)
 ) -> None:
@@ -201,13 +205,14 @@ def train(
     from pipeline.train.data import find_run  # numpy and pyarrow only: no torch needed yet
 
     try:
-        shards, note = find_run(shards, "finetune" if finetune or init_from else "tokens")
+        finetuning = bool(finetune) or (init_from is not None and _init_from_finetunes(shards, config))
+        shards, note = find_run(shards, "finetune" if finetuning else "tokens")
     except PipelineError as exc:
         _fail(exc)
     if note:
         console.print(_escape(note), highlight=False)
         ctx.params["shards"] = shards
-    if finetune or init_from:
+    if finetuning:
         # fine-tuning: --finetune TASK (or the finetune: section's task) with --init-from (or its init_from)
         from pipeline.train.cli_finetune import finetune_command
         from pipeline.train.config import finetune_section
@@ -233,6 +238,7 @@ def train(
         batch_tokens=batch_tokens, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, eval_every=eval_every, eval_tokens=eval_tokens,
         ckpt_every=ckpt_every, device=device, seed=seed, resume=resume or None, compile=compile_, precision=precision, tensorboard=tensorboard,
         samples=samples, sample_prompts=sample_prompts or None, sample_tokens=sample_tokens,
+        init_from=init_from, init_revision=revision, gradient_checkpointing=gradient_checkpointing,
     )
     try:
         cfg, read = build_config(shards, run_dir, config=config, flags=flags, model_flags=model_set)
@@ -255,6 +261,24 @@ def train(
     if main_rank:
         summary = {k: result.get(k) for k in ("step", "stopped", "val_loss", "val_ppl", "tokens_per_s", "mfu") if k in result}
         console.print(f"[green]done[/] {_escape(str(run_dir))}: {_escape(str(summary))}")
+
+
+def _init_from_finetunes(shards: Path, config: Optional[Path]) -> bool:
+    """``--init-from`` without ``--finetune``: fine-tuning when a finetune: section names a task or
+    the shards hold fine-tuning examples and no tokens; else continued pretraining."""
+    from pipeline.train.config import finetune_section
+    from pipeline.train.data import find_run
+
+    def has(kind: str) -> bool:
+        try:
+            find_run(shards, kind)
+            return True
+        except PipelineError:
+            return False
+
+    if not has("finetune"):
+        return False
+    return bool(finetune_section(shards, config).get("task")) or not has("tokens")
 
 
 # Without a terminal (a log file, CI, nohup) there is no progress bar: a line per step for the

@@ -1,5 +1,6 @@
-"""Issue 15 item 2, first slice: Llama-family checkpoints (tiny, random, built offline) load with
-logits equal to transformers' within 1e-4 in float32."""
+"""Published Llama-family checkpoints (tiny, random, built offline from transformers config
+classes) load into our Transformer with logits equal to transformers' within 1e-4 in float32,
+with and without the KV cache."""
 
 import pytest
 import torch
@@ -9,13 +10,18 @@ pytest.importorskip("transformers")
 from pipeline.train import TrainError
 from pipeline.train.hf_import import (
     HFCausalLM,
-    load_imported,
-    load_into_native,
+    load_model,
     make_tiny_checkpoint,
-    native_gaps,
     read_config,
     spec_from_config,
+    tokenizer_mismatch,
+    unsupported,
 )
+from pipeline.train.model import KVCache
+
+
+def load_imported(path):
+    return load_model(path)[0]
 
 TOL = 1e-4
 
@@ -60,22 +66,40 @@ def test_imported_decoder_logits_match_transformers(tmp_path, case):
     assert err < TOL
 
 
-def test_native_model_loads_the_subset_it_supports(tmp_path):
-    path = make_tiny_checkpoint(tmp_path / "mha", "llama", num_key_value_heads=4, tie_word_embeddings=True, max_position_embeddings=64)
-    assert native_gaps(spec_from_config(read_config(path))) == []
-    idx = _idx()
-    ref = _reference(path, idx)
+@pytest.mark.parametrize("case", ["llama-gqa-untied", "qwen3-qk-norm-bias", "llama3-rope-scaling"])
+def test_kv_cache_and_batched_positions_match_full_forward(tmp_path, case):
+    """Generation paths (one prefill then token by token; left-padded batch with positions and a
+    mask) give the full forward's logits on a GQA model."""
+    family, overrides = CASES[case]
+    model = load_imported(make_tiny_checkpoint(tmp_path / case, family, **overrides)).eval()
+    idx = _idx(T=20)
     with torch.no_grad():
-        got = load_into_native(path).eval()(idx)
-    assert (got - ref).abs().max().item() < TOL
+        full = model(idx)
+        cache = KVCache(len(model.layers))
+        steps = [model(idx[:, :12], cache=cache)[:, -1]]
+        for t in range(12, 20):
+            steps.append(model(idx[:, t : t + 1], cache=cache)[:, -1])
+        assert (torch.stack(steps[1:], 1) - full[:, 12:]).abs().max() < TOL
+        # row 1 left-padded by 5: positions restart at its first real token
+        pad = 5
+        ids = torch.cat([torch.zeros(1, pad, dtype=torch.long), idx[1:, : 20 - pad]], 1)
+        both = torch.cat([idx[:1], ids])
+        real = torch.ones(2, 20, dtype=torch.bool)
+        real[1, :pad] = False
+        pos = (real.cumsum(1) - 1).clamp(min=0)
+        mask = torch.tril(torch.ones(20, 20, dtype=torch.bool))[None, None] & real[:, None, None, :]
+        mask |= torch.eye(20, dtype=torch.bool)[None, None]  # pad rows attend to themselves (no NaN)
+        out = model(both, positions=pos, mask=mask)
+        ref1 = model(idx[1:, : 20 - pad])
+        assert (out[0] - full[0]).abs().max() < TOL
+        assert (out[1, pad:] - ref1[0]).abs().max() < TOL
 
 
-def test_native_model_refuses_what_it_lacks(tmp_path):
-    path = make_tiny_checkpoint(tmp_path / "q", "qwen2")
-    gaps = native_gaps(spec_from_config(read_config(path)))
-    assert any("grouped-query" in g for g in gaps) and any("biases" in g for g in gaps) and any("untied" in g for g in gaps)
-    with pytest.raises(TrainError, match="grouped-query"):
-        load_into_native(path)
+def test_tokenizer_mismatch_rules():
+    assert tokenizer_mismatch({"tokenizer.json": "a"}, {"tokenizer.json": "a", "tokenizer_config.json": "x"}, 100, 90) is None
+    assert "another tokenizer" in tokenizer_mismatch({"tokenizer.json": "a"}, {"tokenizer.json": "b"}, 100, 90)
+    assert "nothing to compare" in tokenizer_mismatch({"tokenizer.json": "a"}, {"tokenizer.model": "b"}, 100, 90)
+    assert "ids" in tokenizer_mismatch({"tokenizer.json": "a"}, {"tokenizer.json": "a"}, 100, 101)
 
 
 def test_other_architectures_refused(tmp_path):
@@ -123,4 +147,4 @@ def test_transformers_4_config_keys_are_read():
                              "rope_theta": 500000.0, "rope_scaling": {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}})
     assert spec.rope_theta == 500000.0 and spec.rope["rope_type"] == "llama3" and spec.n_kv_heads == 1 and spec.head_dim == 4
-    assert any("RoPE scaling" in g for g in native_gaps(spec))
+    assert unsupported(spec) == []

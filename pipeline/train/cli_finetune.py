@@ -30,6 +30,10 @@ OPTIONS = {
     "eval_every": "eval_every",
     "device": "device",
     "seed": "seed",
+    "revision": "init_revision",
+    "patience": "patience",
+    "gradient_checkpointing": "gradient_checkpointing",
+    "lora": "lora",
 }
 IGNORED_OK = {"export"}  # on by default for pretraining; meaningless here
 

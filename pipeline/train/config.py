@@ -29,6 +29,9 @@ LOCK_FILE = "manifest.lock.yaml"
 PRESET_TRAIN_DEFAULTS: dict[str, dict] = {
     "tiny": {"batch_size": 2, "lr": 3e-3, "warmup_steps": 20},
 }
+# Continued pretraining of a published model (init_from): the architecture is the checkpoint's,
+# and a from-scratch learning rate would wreck what it learned: a small peak, short warmup.
+INIT_FROM_TRAIN_DEFAULTS: dict = {"lr": 3e-5, "warmup_steps": 20, "batch_size": 4}
 
 
 @dataclass
@@ -55,6 +58,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto: cuda -> mps -> cpu
     resume: bool = False
+    init_from: str | None = None  # continued pretraining: a Hugging Face model folder or hub id (Llama/Qwen/Mistral family)
+    init_revision: str | None = None  # the hub revision (commit or tag) to fetch; required with a hub id
+    gradient_checkpointing: bool = False  # recompute block activations in the backward pass: less memory, ~30% more time
     compile: bool | None = None  # torch.compile; None: on for CUDA, off elsewhere
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA GPUs that have it, float32 elsewhere; bf16; fp32
     tensorboard: bool | None = None  # None: when tensorboard is installed
@@ -185,7 +191,14 @@ def build_config(data: str | Path, out_dir: str | Path, *, config: str | Path | 
     origin: dict[str, str] = {}
     model: dict = {}
     chosen = next((v["preset"] for _, v in reversed(layers) if "preset" in v), TrainConfig.preset)
-    layers.insert(0, (f"preset {chosen} defaults", PRESET_TRAIN_DEFAULTS.get(chosen, {})))
+    init_from = next((v["init_from"] for _, v in reversed(layers) if v.get("init_from")), None)
+    if init_from:
+        shaped = [w for w, v in layers if v.get("model") or "preset" in v]
+        if shaped:
+            raise TrainError(f"init_from {init_from} fixes the architecture: preset / model settings cannot change it", where=shaped[0], hint="drop preset and model: (or drop init_from to train from scratch)")
+        layers.insert(0, ("init_from defaults", INIT_FROM_TRAIN_DEFAULTS))
+    else:
+        layers.insert(0, (f"preset {chosen} defaults", PRESET_TRAIN_DEFAULTS.get(chosen, {})))
     for where, values in layers:
         for k, v in values.items():
             if k == "model":

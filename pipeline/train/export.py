@@ -65,6 +65,8 @@ def export_hf(checkpoint: str | Path, dest: str | Path, tokenizer_dir: str | Pat
 
     model, state = load_native(checkpoint)
     tok = Path(tokenizer_dir) if tokenizer_dir else Path(state["data"]["tokens_dir"]).parent / "tokenizer"
+    if state.get("init_from"):
+        return export_published(model, state, Path(checkpoint), Path(dest), tok, card)
     special = {}
     if (tok / "tokenizer.model").is_file():
         import sentencepiece as spm
@@ -97,6 +99,45 @@ def export_hf(checkpoint: str | Path, dest: str | Path, tokenizer_dir: str | Pat
     if card:
         ckpt = Path(checkpoint)
         run_dir = ckpt if (ckpt / "checkpoint").is_dir() else ckpt.parent
+        (dest / "README.md").write_text(model_card(state, model, run_dir), encoding="utf-8")
+    return dest
+
+
+# ------------------------------------------------------------------ a published model, continued
+ORIGIN_EXTRAS = ("generation_config.json", "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model")
+
+
+def export_published(model: Transformer, state: dict, checkpoint: Path, dest: Path, tok: Path, card: bool = True) -> Path:
+    """A model that started from a published checkpoint, saved in that checkpoint's own format:
+    its config.json (same architecture and model_type), weights under its names and in its
+    dtype, its tokenizer and generation files, its license files, and a card that keeps the
+    original's license and facts and adds ours."""
+    from huggingface_hub import save_torch_state_dict
+
+    origin = state["init_from"]
+    config = dict(origin["config"])
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(config.get("dtype") or config.get("torch_dtype"), torch.float32)
+    weights = {(k if k == "lm_head.weight" else f"model.{k}"): v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in list(dest.glob("model*.safetensors")) + list(dest.glob("model.safetensors.index.json")):
+        old.unlink()  # a re-export must not leave shards of an earlier one
+    save_torch_state_dict(weights, str(dest), max_shard_size="5GB")
+    (dest / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    src = Path(origin.get("path") or "")
+    copied = []
+    for name in TOKENIZER_FILES:  # the tokenizer the shards were made with (the model's own, checked at init)
+        if (tok / name).is_file():
+            shutil.copy2(tok / name, dest / name)
+            copied.append(name)
+    if not copied:
+        raise TrainError("tokenizer files not found; the export has weights only", where=str(tok), hint="keep the shards' tokenizer/ folder")
+    facts = origin.get("card") or {}
+    if src.is_dir():
+        for name in ORIGIN_EXTRAS + tuple(facts.get("license_files") or ()):
+            if (src / name).is_file() and not (dest / name).exists():
+                shutil.copy2(src / name, dest / name)
+    if card:
+        run_dir = checkpoint if (checkpoint / "checkpoint").is_dir() else checkpoint.parent
         (dest / "README.md").write_text(model_card(state, model, run_dir), encoding="utf-8")
     return dest
 
@@ -144,6 +185,10 @@ def _version(src: dict, prov: dict) -> str:
     return resolved.get("sha256", "")[:12] or "-"
 
 
+def _as_list(value) -> list:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
 def model_card(state: dict, model: Transformer, run_dir: Path) -> str:
     """A Hugging Face model card: YAML metadata (license, datasets, language, library) and a
     body listing each training source with its license and version, and the training facts.
@@ -167,25 +212,56 @@ def model_card(state: dict, model: Transformer, run_dir: Path) -> str:
     for stage in lock.get("stages") or []:  # a language filter says what is left
         if stage.get("stage") == "lid_filter":
             languages = sorted(set(languages) | set(stage.get("params", {}).get("keep") or []))
-    data = ModelCardData(
-        **(hf_license(expression, sources) if expression else {"license": "unknown"}),
-        library_name="transformers",
-        pipeline_tag="text-generation",
-        tags=["grist", "llama", "causal-lm", "pretrained-from-scratch"],
-        datasets=[s["dataset"] if s.get("kind") == "hf" and s.get("dataset") else s["name"] for s in sources] or None,
-        language=languages or None,
-    )
+    origin = state.get("init_from")
+    base = (origin or {}).get("card") or {}
+    datasets = [s["dataset"] if s.get("kind") == "hf" and s.get("dataset") else s["name"] for s in sources] or None
+    if origin:  # the base model's license governs its weights: keep its terms, add our data's below
+        lic = {k: base[k] for k in ("license", "license_name", "license_link") if base.get(k)} or {"license": "unknown"}
+        tags = list(dict.fromkeys([*(base.get("tags") or []), "grist", "continued-pretraining"]))
+        data = ModelCardData(**lic, library_name="transformers", pipeline_tag="text-generation", tags=tags, datasets=datasets,
+                             language=sorted(set(languages) | set(_as_list(base.get("language")))) or None, base_model=origin["source"])
+    else:
+        data = ModelCardData(
+            **(hf_license(expression, sources) if expression else {"license": "unknown"}),
+            library_name="transformers",
+            pipeline_tag="text-generation",
+            tags=["grist", "llama", "causal-lm", "pretrained-from-scratch"],
+            datasets=datasets,
+            language=languages or None,
+        )
     cfg, train = model.cfg, state.get("train", {})
     name = lock.get("name") or data_out.name
-    L = [
-        f"# {md_escape(name)}: {md_escape(train.get('preset', 'custom'))} ({model.num_params() / 1e6:.1f} M parameters)",
-        "",
-        f"A Llama-style decoder-only language model pretrained from scratch by `pipeline train` (grist) on the "
-        f"output of the run {md_code(name)}. It loads with `AutoModelForCausalLM.from_pretrained`; the tokenizer is included.",
-        "",
-        "## Training data",
-        "",
-    ]
+    if origin:
+        L = [
+            f"# {md_escape(origin['source'])}, continued on {md_escape(name)} ({model.num_params() / 1e6:.1f} M parameters)",
+            "",
+            f"{md_code(origin['source'])} ({md_escape(origin.get('model_type', '?'))}) further pretrained by `pipeline train --init-from` (grist) "
+            f"on the output of the run {md_code(name)}. It loads with `AutoModelForCausalLM.from_pretrained`; the tokenizer is included.",
+            "",
+            "## Base model",
+            "",
+            "| | |",
+            "|---|---|",
+            f"| model | {md_code(origin['source'])} |",
+            f"| revision | {md_escape(origin.get('commit') or origin.get('revision') or 'local folder')} |",
+            f"| files (sha256 of the folder's config, weights and tokenizer) | {len(origin.get('files') or {})} |",
+            f"| license | {md_code(base.get('license', 'unknown'))}" + (f" ({md_escape(str(base['license_name']))})" if base.get("license_name") else "") + " |",
+        ]
+        if base.get("license_link"):
+            L.append(f"| license link | {md_link(str(base['license_link']), str(base['license_link']))} |")
+        if base.get("license_files"):
+            L.append(f"| license files (copied here) | {md_escape(', '.join(base['license_files']))} |")
+        L += ["", "The base model's license and terms apply to these weights; the training data below adds its own.", "", "## Training data", ""]
+    else:
+        L = [
+            f"# {md_escape(name)}: {md_escape(train.get('preset', 'custom'))} ({model.num_params() / 1e6:.1f} M parameters)",
+            "",
+            f"A Llama-style decoder-only language model pretrained from scratch by `pipeline train` (grist) on the "
+            f"output of the run {md_code(name)}. It loads with `AutoModelForCausalLM.from_pretrained`; the tokenizer is included.",
+            "",
+            "## Training data",
+            "",
+        ]
     if sources:
         L += ["| source | kind | license | version | homepage |", "|---|---|---|---|---|"]
         for s in sources:
@@ -205,9 +281,9 @@ def model_card(state: dict, model: Transformer, run_dir: Path) -> str:
               f"{index.get('splits', {}).get('validation', {}).get('tokens', 0):,} validation tokens, "
               f"{index.get('vocab_size', cfg.vocab_size):,}-token vocabulary, sequences of {index.get('seq_len', '?')}."]
     facts = [
-        ("preset", md_code(train.get("preset", "?"))),
-        ("parameters", f"{model.num_params():,} (embeddings tied)"),
-        ("layers / width / heads / SwiGLU hidden", f"{cfg.n_layers} / {cfg.dim} / {cfg.n_heads} / {cfg.ffn_dim}"),
+        ("preset", md_code(train.get("preset", "?")) if not origin else f"architecture of {md_code(origin['source'])}"),
+        ("parameters", f"{model.num_params():,} (embeddings {'tied' if cfg.tie_embeddings else 'untied'})"),
+        ("layers / width / heads / KV heads / SwiGLU hidden", f"{cfg.n_layers} / {cfg.dim} / {cfg.n_heads} / {cfg.kv_heads} / {cfg.ffn_dim}"),
         ("context", f"{state.get('T', cfg.max_seq_len)} tokens (rotary, theta {cfg.rope_theta:g})"),
         ("vocabulary", f"{cfg.vocab_size:,}"),
         ("optimizer steps", f"{state.get('step', 0):,}"),
@@ -232,6 +308,9 @@ def model_card(state: dict, model: Transformer, run_dir: Path) -> str:
         "## Limitations",
         "",
         "A small research model: it continues text in the style of its training data, with no instruction tuning, "
-        "no safety filtering of its outputs and no evaluation beyond the validation loss above.",
+        "no safety filtering of its outputs and no evaluation beyond the validation loss above."
+        if not origin else
+        "Continued pretraining shifts the base model toward its new data; its earlier abilities, safety tuning and "
+        "evaluations do not carry over unmeasured. No evaluation beyond the validation loss above.",
     ]
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(L) + "\n"

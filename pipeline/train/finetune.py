@@ -73,6 +73,14 @@ class FinetuneConfig:
     seed: int = 0
     pooling: str = "mean"  # mean | last
     freeze_base: bool = False  # train the head only (classification)
+    init_revision: str | None = None  # the hub revision when init_from is a hub id
+    patience: int | None = None  # early stopping: evaluations without a better validation score before stopping
+    gradient_checkpointing: bool = False  # recompute block activations in the backward pass (memory for time)
+    lora: bool = False  # train LoRA adapters (peft) instead of all base weights; merged before saving
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_targets: list[str] | None = None  # default: every attention and MLP projection
 
     def __post_init__(self):
         bad = []
@@ -83,12 +91,18 @@ class FinetuneConfig:
         for name in ("epochs", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 bad.append(f"{name} {getattr(self, name)!r} (a positive integer)")
-        for name in ("max_steps", "eval_every", "warmup_steps"):
+        for name in ("max_steps", "eval_every", "warmup_steps", "patience"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 0):
                 bad.append(f"{name} {v!r} (a non-negative integer)")
         if not self.lr > 0 or (self.head_lr is not None and not self.head_lr > 0):
             bad.append("lr / head_lr must be > 0")
+        if self.patience == 0:
+            bad.append("patience 0 (at least 1 evaluation; leave it unset for no early stopping)")
+        if not isinstance(self.lora_r, int) or self.lora_r < 1:
+            bad.append(f"lora_r {self.lora_r!r} (a positive integer)")
+        if self.lora and self.freeze_base:
+            bad.append("lora with freeze_base (pick one: adapters or the head only)")
         if not 0 <= self.dropout < 1:
             bad.append(f"dropout {self.dropout!r} (0 <= dropout < 1)")
         if bad:
@@ -193,15 +207,31 @@ def collate(examples: list[np.ndarray], pad_id: int, masks: list[np.ndarray] | N
 
 
 # ------------------------------------------------------------------------------------ checkpoint
-def load_base(path: str | Path) -> tuple[Transformer, dict, Path]:
-    """The pretrained model (safetensors, no pickle), its state.json and the checkpoint folder.
-    A missing, truncated or inconsistent checkpoint is a TrainError naming the file."""
+def load_published(init_from: str, revision: str | None) -> tuple[Transformer, dict, Path]:
+    """A published Hugging Face model (folder or hub id) as a base: the model, a state record
+    like a checkpoint's (with ``init_from``: origin, tokenizer files) and its folder."""
+    from pipeline.train import hf_import
+
+    folder, origin = hf_import.resolve(init_from, revision)
+    model, spec = hf_import.load_model(folder)
+    origin.update(model_type=spec.model_type, config=hf_import.read_config(folder), card=hf_import.card_facts(folder))
+    tok_files = {n: d for n, d in origin["files"].items() if n in hf_import.TOKEN_FILES or n in ("tokenizer_config.json", "special_tokens_map.json")}
+    state = {"step": 0, "model": dataclasses.asdict(model.cfg), "init_from": origin, "data": {"tokenizer_dir": str(folder), "tokenizer_files": tok_files}}
+    return model, state, folder
+
+
+def load_base(path: str | Path, revision: str | None = None) -> tuple[Transformer, dict, Path]:
+    """The pretrained model (safetensors, no pickle), its state.json and the checkpoint folder:
+    a pretraining run, its checkpoint/, a fine-tuning out, or a published Hugging Face model
+    (folder or hub id). A missing, truncated or inconsistent checkpoint is a TrainError naming the file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     ckpt = Path(path)
     if (ckpt / "checkpoint").is_dir():
         ckpt = ckpt / "checkpoint"
+    if not (ckpt / "state.json").is_file() and ((ckpt / "config.json").is_file() or not ckpt.exists()):
+        return load_published(str(path), revision)
     state_path, weights_path = ckpt / "state.json", ckpt / "model.safetensors"
     if not state_path.is_file() or not weights_path.is_file():
         raise TrainError("no checkpoint here (state.json + model.safetensors)", where=str(ckpt), hint="--init-from: a pretraining run dir (pipeline train --out) or its checkpoint/ folder")
@@ -225,6 +255,16 @@ def load_base(path: str | Path) -> tuple[Transformer, dict, Path]:
 def check_compatible(state: dict, index: dict, ckpt: Path, ft_dir: Path) -> None:
     """The examples must be in the checkpoint's token space and fit its context."""
     where = f"{ckpt} vs {ft_dir}"
+    origin = state.get("init_from")
+    if origin:  # a published model: the examples must come from its own tokenizer files
+        from pipeline.train.hf_import import tokenizer_mismatch
+
+        tok = index.get("tokenizer") or {}
+        why = tokenizer_mismatch(origin["files"], tok.get("files") or {}, state["model"]["vocab_size"], index.get("vocab_size"))
+        if why:
+            raise TrainError(f"these examples cannot train {origin['source']}: {why}", where=where, hint=f"make them with the model's tokenizer: finetune_data params tokenizer_path: {origin['source']}")
+        _check_length(state, index, where)
+        return
     ck_tok = (state.get("data") or {}).get("tokenizer")
     ft_tok = (index.get("tokenizer") or {}).get("sha256")
     if ck_tok != ft_tok:
@@ -237,6 +277,10 @@ def check_compatible(state: dict, index: dict, ckpt: Path, ft_dir: Path) -> None
     tok_vocab = index.get("vocab_size")
     if tok_vocab is None or (tok_vocab != vocab and padded_vocab(tok_vocab) != vocab):  # models pad to a multiple of 64
         raise TrainError(f"vocabulary mismatch: the checkpoint has {vocab} tokens, the examples' tokenizer {index.get('vocab_size')}", where=where, hint="use the pretraining run's tokenizer")
+    _check_length(state, index, where)
+
+
+def _check_length(state: dict, index: dict, where: str) -> None:
     ctx = state["model"]["max_seq_len"]
     if index["max_len"] > ctx:
         raise TrainError(
@@ -349,7 +393,7 @@ def finetune(config: FinetuneConfig | dict, on_step=None, progress: bool = False
     task = index["task"]
     if cfg.task is not None and cfg.task != task:
         raise TrainError(f"task mismatch: asked for {cfg.task}, the examples are for {task}", where=str(ft_dir / "index.json"), hint=f"use --finetune {task}, or point --shards at {cfg.task} examples")
-    base, state, ckpt = load_base(cfg.init_from)
+    base, state, ckpt = load_base(cfg.init_from, cfg.init_revision)
     check_compatible(state, index, ckpt, ft_dir)
     splits = {s: read_split(ft_dir, index, s) for s in SPLITS}
     if not len(splits["train"]):
@@ -364,10 +408,17 @@ def finetune(config: FinetuneConfig | dict, on_step=None, progress: bool = False
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    base.grad_checkpointing = cfg.gradient_checkpointing
+    if cfg.lora:
+        from pipeline.train import lora
+
+        lora.apply(base, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     model: nn.Module = Classifier(base, len(labels), cfg.pooling, cfg.dropout) if task == "classification" else base
     model.to(device)
     if cfg.freeze_base:
         base.requires_grad_(False)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_params = sum(p.numel() for p in model.parameters())
 
     head_params = list(model.head.parameters()) if task == "classification" else []
     base_params = [p for p in base.parameters() if p.requires_grad]
@@ -407,6 +458,7 @@ def finetune(config: FinetuneConfig | dict, on_step=None, progress: bool = False
     before = {s: evaluate(s) for s in ("validation", "test") if len(splits[s])} if task == "sft" else {}
     (out / "metrics.jsonl").write_text("", encoding="utf-8")
     best, best_step, best_state = None, 0, None
+    since_best, early_stop = 0, False  # evaluations without improvement (patience)
     step, epoch = 0, 0
     train_seconds, train_examples, train_tokens = 0.0, 0, 0  # the optimizer steps alone (no evaluation)
     t0 = time.time()
@@ -418,19 +470,24 @@ def finetune(config: FinetuneConfig | dict, on_step=None, progress: bool = False
             log.flush()
 
         def checkpoint_eval() -> None:
-            nonlocal best, best_step, best_state
+            nonlocal best, best_step, best_state, since_best, early_stop
             if not has_val:
                 return
             res = evaluate("validation")
             rec = {"step": step, "epoch": epoch, **({"val_accuracy": res["accuracy"], "val_macro_f1": res["macro_f1"]} if task == "classification" else {"val_loss": res["loss"], "val_ppl": res["ppl"]})}
             emit(rec)
             if better(res, best):
-                best, best_step = res, step
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                best, best_step, since_best = res, step, 0
+                # with LoRA only the adapters (and head) change: keep those, not a copy of the whole model
+                keep = {k: v for k, v in model.state_dict().items() if not cfg.lora or "lora_" in k or k.startswith("head.")}
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in keep.items()})
+            else:
+                since_best += 1
+                early_stop = cfg.patience is not None and since_best >= cfg.patience
 
-        while step < total:
+        while step < total and not early_stop:
             for idx in batch_order(lengths, cfg.batch_size, rng):
-                if step >= total:
+                if step >= total or early_stop:
                     break
                 t_step = time.time()
                 for g in opt.param_groups:
@@ -462,12 +519,16 @@ def finetune(config: FinetuneConfig | dict, on_step=None, progress: bool = False
                 if cfg.eval_every and step % cfg.eval_every == 0:
                     checkpoint_eval()
             epoch += 1
-            if not cfg.eval_every:
+            if not cfg.eval_every and not early_stop:
                 checkpoint_eval()
-        if cfg.eval_every and step % cfg.eval_every:
+        if cfg.eval_every and step % cfg.eval_every and not early_stop:
             checkpoint_eval()
     if best_state is not None:
-        model.load_state_dict(best_state)
+        model.load_state_dict(best_state, strict=not cfg.lora)
+    if cfg.lora:
+        from pipeline.train import lora
+
+        lora.merge(base)
     seconds = time.time() - t0
 
     summary = {
@@ -476,13 +537,15 @@ def finetune(config: FinetuneConfig | dict, on_step=None, progress: bool = False
         "epochs": round(step / steps_per_epoch, 3),
         "selected_step": best_step if best_state is not None else step,
         "selection": ("best validation macro F1" if task == "classification" else "best validation loss") if best_state is not None else "last step (no validation split)",
+        "stopped": f"early stopping (patience {cfg.patience})" if early_stop else ("max_steps" if cfg.max_steps is not None and step >= cfg.max_steps else "epochs"),
+        "parameters": {"total": n_params, "trainable": n_trainable, "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout, "targets": cfg.lora_targets or "all projections"} if cfg.lora else None, "gradient_checkpointing": cfg.gradient_checkpointing},
         "seconds": round(seconds, 2),
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "bf16": bf16,
         "throughput": {"examples_per_s": train_examples / max(train_seconds, 1e-9), "tokens_per_s": train_tokens / max(train_seconds, 1e-9), "train_seconds": round(train_seconds, 2), "tokens": "padded batch tokens"},
         "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "examples": {s: len(splits[s]) for s in SPLITS},
-        "base": {"checkpoint": str(ckpt), "sha256": file_digests(ckpt / "model.safetensors")["sha256"], "step": state.get("step")},
+        "base": _base_record(ckpt, state),
     }
     if task == "classification":
         train_counts = np.bincount(train.labels, minlength=len(labels))
@@ -502,6 +565,15 @@ def finetune(config: FinetuneConfig | dict, on_step=None, progress: bool = False
     return summary
 
 
+def _base_record(ckpt: Path, state: dict) -> dict:
+    origin = state.get("init_from")
+    if origin and (ckpt / "config.json").is_file() and not (ckpt / "state.json").is_file():  # a published model
+        from pipeline.text.tokenizer import dir_sha256
+
+        return {"checkpoint": origin["source"], "revision": origin.get("revision"), "sha256": dir_sha256(origin["files"]), "step": None, "published": True}
+    return {"checkpoint": str(ckpt), "sha256": file_digests(ckpt / "model.safetensors")["sha256"], "step": state.get("step")}
+
+
 def _save(out: Path, model: nn.Module, base: Transformer, state: dict, ckpt: Path, index: dict, ft_dir: Path, cfg: FinetuneConfig, summary: dict) -> None:
     from safetensors.torch import save_file
 
@@ -512,6 +584,7 @@ def _save(out: Path, model: nn.Module, base: Transformer, state: dict, ckpt: Pat
         "step": summary["steps"],
         "T": index["max_len"],
         "model": dataclasses.asdict(base.cfg),
+        "init_from": state.get("init_from"),
         "data": {**(state.get("data") or {}), "finetune_dir": str(ft_dir)},
         "finetune": {
             "task": summary["task"],

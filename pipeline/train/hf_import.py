@@ -1,26 +1,20 @@
-"""Import a published Llama-family checkpoint (Llama 2/3, Qwen2/2.5, Qwen3, Mistral) for ``--init-from``.
+"""Start from a published Llama-family checkpoint (Llama 2/3, Qwen2/2.5, Qwen3, Mistral):
+``pipeline train --init-from PATH_OR_HUB_ID`` and fine-tuning from one.
 
-FIRST SLICE of issue 15 item 2 (see /work/notes/issue15-import.md).  Two options are measured:
+The checkpoint's weights are loaded into our own ``model.Transformer`` (grouped-query attention,
+explicit head size, q/k/v/o biases, untied head, q/k norm and RoPE scaling are options of its
+``ModelConfig``), so pretraining, fine-tuning, LoRA, generation and export all run one model
+whose logits equal ``transformers``' (float32, tests/test_hf_import.py). We measured the
+alternative, training the ``transformers`` module behind the same interface (``HFCausalLM``,
+kept for the parity tests and ``python -m pipeline.train.hf_import bench``): the same speed and
+memory on CPU (docs/training.md), so the one readable model wins.
 
-(a) load the weights into a native decoder.  ``pipeline/train/model.py``'s ``Transformer`` only
-    covers the subset "one KV head per query head, no biases, tied embeddings, plain RoPE,
-    head_dim == dim / n_heads" (``native_gaps`` says what a checkpoint needs beyond that;
-    ``load_into_native`` loads it when nothing is missing).  ``ImportedDecoder`` below is a
-    prototype of the *minimal extension* model.py would need (GQA, q/k/v biases, untied head,
-    explicit head_dim, RoPE ``linear`` / ``llama3`` scaling); it reuses model.py's RMSNorm, MLP,
-    rotate-half and keeps Llama's module names, so its state dict is the checkpoint's minus the
-    ``model.`` prefix.
-
-(b) train the ``transformers`` module itself: ``HFCausalLM`` wraps ``AutoModelForCausalLM`` with
-    the native ``forward(idx, targets) -> (logits, loss)`` interface.
-
-``python -m pipeline.train.hf_import bench`` measures forward+backward tokens/s of both on CPU.
-"""
+A hub id is fetched with ``huggingface_hub.snapshot_download`` at a pinned ``revision`` (the
+resolved commit is recorded); a local folder is pinned by the sha256 of its files."""
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,10 +24,9 @@ import torch.nn.functional as F
 
 from pipeline.train import TrainError
 from pipeline.train import model as model_py
-from pipeline.train.model import MLP, ModelConfig, RMSNorm, Transformer, rotate_half
+from pipeline.train.model import ROPE_TYPES, ModelConfig, Transformer
 
 MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
-ROPE_TYPES = ("default", "linear", "llama3")  # what ImportedDecoder computes; yarn / dynamic / longrope: not yet
 
 
 @dataclass
@@ -99,40 +92,33 @@ def spec_from_config(c: dict) -> ImportSpec:
     )
 
 
-def native_gaps(spec: ImportSpec) -> list[str]:
-    """What pipeline/train/model.py's Transformer lacks to run this checkpoint exactly."""
-    gaps = []
-    if spec.n_kv_heads != spec.n_heads:
-        gaps.append(f"grouped-query attention ({spec.n_heads} query heads, {spec.n_kv_heads} key/value heads)")
-    if spec.head_dim * spec.n_heads != spec.dim:
-        gaps.append(f"head_dim {spec.head_dim} != hidden_size/heads {spec.dim // spec.n_heads}")
-    if spec.qkv_bias or spec.o_bias:
-        gaps.append("attention biases (q/k/v" + ("/o" if spec.o_bias else "") + ")")
-    if spec.mlp_bias:
-        gaps.append("MLP biases")
-    if not spec.tied:
-        gaps.append("untied output head (lm_head.weight)")
-    if spec.rope.get("rope_type", "default") != "default":
-        gaps.append(f"RoPE scaling {spec.rope.get('rope_type')!r}")
-    if spec.hidden_act != "silu":
-        gaps.append(f"activation {spec.hidden_act!r}")
-    if spec.qk_norm:
-        gaps.append("per-head q/k RMSNorm (Qwen3 q_norm, k_norm)")
-    if spec.sliding_window and spec.sliding_window < spec.max_seq_len:
-        gaps.append(f"sliding-window attention ({spec.sliding_window} < {spec.max_seq_len} positions)")
-    return gaps
-
-
-def prototype_gaps(spec: ImportSpec) -> list[str]:
-    """What even ImportedDecoder (the proposed extension) does not do yet."""
+def unsupported(spec: ImportSpec) -> list[str]:
+    """What model.py cannot run exactly in this checkpoint (empty: it loads)."""
     gaps = []
     if spec.rope.get("rope_type", "default") not in ROPE_TYPES:
-        gaps.append(f"RoPE scaling {spec.rope.get('rope_type')!r} (done: {', '.join(ROPE_TYPES)})")
+        gaps.append(f"RoPE scaling {spec.rope.get('rope_type')!r} (implemented: {', '.join(ROPE_TYPES)})")
     if spec.hidden_act != "silu":
         gaps.append(f"activation {spec.hidden_act!r}")
     if spec.mlp_bias:
         gaps.append("MLP biases")
     return gaps
+
+
+def model_config(spec: ImportSpec) -> ModelConfig:
+    """The ``ModelConfig`` that runs this checkpoint (its vocabulary as is: no padding)."""
+    gaps = unsupported(spec)
+    if gaps:
+        raise TrainError(f"this {spec.model_type} checkpoint needs what the trainer does not implement: " + "; ".join(gaps), where="--init-from", hint="pick a checkpoint without these features")
+    rope = {k: v for k, v in spec.rope.items() if k != "type"}
+    return ModelConfig(
+        vocab_size=spec.vocab_size, dim=spec.dim, n_layers=spec.n_layers, n_heads=spec.n_heads, ffn_dim=spec.ffn_dim,
+        max_seq_len=spec.max_seq_len, rope_theta=spec.rope_theta, norm_eps=spec.norm_eps,
+        n_kv_heads=spec.n_kv_heads if spec.n_kv_heads != spec.n_heads else None,
+        head_size=spec.head_dim if spec.head_dim * spec.n_heads != spec.dim else None,
+        qkv_bias=spec.qkv_bias, o_bias=spec.o_bias, qk_norm=spec.qk_norm, tie_embeddings=spec.tied,
+        rope_scaling=rope if rope.get("rope_type", "default") != "default" else None,
+        sliding_window=spec.sliding_window if spec.sliding_window and spec.sliding_window < spec.max_seq_len else None,
+    ).validate()
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -154,146 +140,95 @@ def _native_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {(k[len("model."):] if k.startswith("model.") else k): v for k, v in state.items()}
 
 
-# ---------------------------------------------------------------- option (a): native weights
+# ---------------------------------------------------------------- loading
 
 
-def load_into_native(path: str | Path) -> Transformer:
-    """model.py's Transformer with the checkpoint's weights; refuses what model.py cannot run."""
+def load_model(path: str | Path) -> tuple[Transformer, ImportSpec]:
+    """Our Transformer holding the checkpoint's weights (float32), and what its config says."""
+    path = Path(path)
     spec = spec_from_config(read_config(path))
-    gaps = native_gaps(spec)
-    if gaps:
-        raise TrainError(f"{path}: pipeline/train/model.py cannot run this checkpoint: " + "; ".join(gaps),
-                         where="--init-from", hint="use ImportedDecoder (hf_import.py) or the transformers module")
-    cfg = ModelConfig(vocab_size=spec.vocab_size, dim=spec.dim, n_layers=spec.n_layers, n_heads=spec.n_heads,
-                      ffn_dim=spec.ffn_dim, max_seq_len=spec.max_seq_len, rope_theta=spec.rope_theta, norm_eps=spec.norm_eps)
-    model = Transformer(cfg)
-    state = _native_names(load_state(path))
-    state.pop("lm_head.weight", None)  # tied: the same tensor as embed_tokens
-    model.load_state_dict(state, strict=True)
-    return model
-
-
-def rope_inv_freq(spec: ImportSpec) -> torch.Tensor:
-    """Inverse frequencies as transformers computes them for default / linear / llama3 RoPE
-    (all three have attention scaling 1.0)."""
-    d = spec.head_dim
-    inv = 1.0 / (spec.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
-    kind = spec.rope.get("rope_type", "default")
-    if kind == "linear":
-        return inv / spec.rope["factor"]
-    if kind == "llama3":
-        r = spec.rope
-        factor, lo, hi, old = r["factor"], r["low_freq_factor"], r["high_freq_factor"], r["original_max_position_embeddings"]
-        low_wl, high_wl = old / lo, old / hi
-        wl = 2 * math.pi / inv
-        out = torch.where(wl > low_wl, inv / factor, inv)
-        smooth = (old / wl - lo) / (hi - lo)
-        smoothed = (1 - smooth) * out / factor + smooth * out
-        medium = ~(wl < high_wl) & ~(wl > low_wl)
-        return torch.where(medium, smoothed, out)
-    if kind != "default":
-        raise TrainError(f"RoPE type {kind!r} is not implemented", where="--init-from", hint=f"implemented: {', '.join(ROPE_TYPES)}")
-    return inv
-
-
-class GQAttention(nn.Module):
-    """model.py's Attention plus: n_kv_heads < n_heads, explicit head_dim, optional biases."""
-
-    def __init__(self, spec: ImportSpec):
-        super().__init__()
-        self.n_heads, self.n_kv, self.head_dim = spec.n_heads, spec.n_kv_heads, spec.head_dim
-        q, kv = spec.n_heads * spec.head_dim, spec.n_kv_heads * spec.head_dim
-        self.q_proj = nn.Linear(spec.dim, q, bias=spec.qkv_bias)
-        self.k_proj = nn.Linear(spec.dim, kv, bias=spec.qkv_bias)
-        self.v_proj = nn.Linear(spec.dim, kv, bias=spec.qkv_bias)
-        self.o_proj = nn.Linear(q, spec.dim, bias=spec.o_bias)
-        if spec.qk_norm:
-            self.q_norm = RMSNorm(spec.head_dim, spec.norm_eps)
-            self.k_norm = RMSNorm(spec.head_dim, spec.norm_eps)
-        self.qk_norm = spec.qk_norm
-
-    def forward(self, x, cos, sin):
-        B, T, _ = x.shape
-        if model_py.FUSED_PROJECTIONS:  # as model.py: one matmul for q, k, v
-            w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-            b = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]) if self.q_proj.bias is not None else None
-            q, k, v = F.linear(x, w, b).split([self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q, k = q.view(B, T, self.n_heads, self.head_dim), k.view(B, T, self.n_kv, self.head_dim)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
-        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
-
-
-class _Block(nn.Module):
-    def __init__(self, spec: ImportSpec):
-        super().__init__()
-        self.input_layernorm = RMSNorm(spec.dim, spec.norm_eps)
-        self.self_attn = GQAttention(spec)
-        self.post_attention_layernorm = RMSNorm(spec.dim, spec.norm_eps)
-        self.mlp = MLP(ModelConfig(dim=spec.dim, ffn_dim=spec.ffn_dim, n_heads=1))
-
-    def forward(self, x, cos, sin):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
-
-class ImportedDecoder(nn.Module):
-    """Prototype of the model.py extension: the native decoder generalized to Llama / Qwen2 /
-    Mistral checkpoints. Same module names as the checkpoint (minus ``model.``). No KV cache yet."""
-
-    def __init__(self, spec: ImportSpec):
-        super().__init__()
-        gaps = prototype_gaps(spec)
-        if gaps:
-            raise TrainError("checkpoint needs: " + "; ".join(gaps), where="--init-from")
-        self.spec = spec
-        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.dim)
-        self.layers = nn.ModuleList(_Block(spec) for _ in range(spec.n_layers))
-        self.norm = RMSNorm(spec.dim, spec.norm_eps)
-        self.lm_head = None if spec.tied else nn.Linear(spec.dim, spec.vocab_size, bias=False)
-        self.register_buffer("inv_freq", rope_inv_freq(spec), persistent=False)
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        T = idx.shape[1]
-        if T > self.spec.max_seq_len:
-            raise TrainError(f"sequence of {T} tokens exceeds max_position_embeddings {self.spec.max_seq_len}")
-        if self.spec.sliding_window and T > self.spec.sliding_window:
-            raise TrainError(f"sequence of {T} tokens exceeds the sliding window {self.spec.sliding_window} (not implemented)")
-        freqs = torch.outer(torch.arange(T, device=idx.device, dtype=torch.float32), self.inv_freq)
-        emb = torch.cat([freqs, freqs], dim=-1)
-        x = self.embed_tokens(idx)
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-        for layer in self.layers:
-            x = layer(x, cos, sin)
-        x = self.norm(x)
-        logits = F.linear(x, self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight)
-        if targets is None:
-            return logits
-        return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-
-def load_imported(path: str | Path) -> ImportedDecoder:
-    spec = spec_from_config(read_config(path))
-    with torch.device("meta"):  # no random init, no second copy: the checkpoint's tensors are the parameters
-        model = ImportedDecoder(spec)
+    cfg = model_config(spec)
+    with torch.device("meta"):  # no random init and no second copy: the checkpoint's tensors become the parameters
+        model = Transformer(cfg)
     state = _native_names(load_state(path))
     if spec.tied:
         state.pop("lm_head.weight", None)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
-        raise TrainError(f"{path}: weights do not map: missing {missing[:5]}, unexpected {unexpected[:5]}", where="--init-from")
-    model.inv_freq = rope_inv_freq(spec)  # the non-persistent buffer was built on meta
-    return model
+        raise TrainError(f"the weights do not match the config: missing {missing[:4]}, unexpected {unexpected[:4]}", where=str(path), hint="the folder mixes files of different models: download it again")
+    return model, spec
+
+
+HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.md", "*.jinja", "LICENSE*", "NOTICE*"]
+
+
+def resolve(init_from: str, revision: str | None = None) -> tuple[Path, dict]:
+    """The local folder of ``init_from`` (a folder, or a hub id fetched at ``revision``) and
+    its origin record: where it came from and what pins it."""
+    from pipeline.text.tokenizer import is_hub_id
+
+    local = Path(init_from).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise TrainError("no config.json here: not a Hugging Face model folder", where=str(local), hint="give a folder with config.json + *.safetensors, or a hub id")
+        return local, {"source": str(init_from), "revision": None, "path": str(local.resolve()), "files": folder_digests(local)}
+    if not is_hub_id(str(init_from)):
+        raise TrainError("not a folder and not a hub id (org/name)", where=f"--init-from {init_from}", hint="give a local model folder or a Hugging Face hub id such as Qwen/Qwen2.5-0.5B with --revision")
+    if not revision:
+        raise TrainError(f"{init_from} is a hub id: pin a revision", where="--init-from", hint="add --revision <commit sha or tag> (what you train from must not change under you)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(str(init_from), revision=revision, allow_patterns=HUB_PATTERNS))
+    except Exception as exc:  # network, unknown repo or revision, gated model
+        raise TrainError(f"cannot fetch {init_from}@{revision} from the Hugging Face hub ({type(exc).__name__}: {exc})", where="--init-from",
+                         hint="check the id, the revision, network access and HF_TOKEN for gated models; or download the folder and give its path") from None
+    return folder, {"source": str(init_from), "revision": revision, "commit": folder.name, "path": str(folder), "files": folder_digests(folder)}
+
+
+def folder_digests(folder: Path) -> dict[str, str]:
+    """sha256 of the files that define the model (config, weights, tokenizer)."""
+    from pipeline.common.storage import file_digests
+
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and (p.suffix in (".json", ".safetensors", ".model") or p.name.endswith(".jinja")))
+    return {n: file_digests(folder / n)["sha256"] for n in names}
+
+
+TOKEN_FILES = ("tokenizer.json", "tokenizer.model")  # what maps text to ids; the rest (config, chat template) does not change the ids
+
+
+def tokenizer_mismatch(model_files: dict[str, str], data_files: dict[str, str], model_vocab: int, data_vocab: int | None) -> str | None:
+    """Why token data cannot feed this model (None: it can). Data is in the model's token space
+    when it was made with the model's own tokenizer file (same sha256)."""
+    shared = [n for n in TOKEN_FILES if n in model_files and n in data_files]
+    if not shared:
+        have = ", ".join(n for n in TOKEN_FILES if n in model_files) or "none"
+        return f"the model folder's tokenizer files ({have}) and the data's ({', '.join(sorted(data_files)) or 'none'}) have nothing to compare"
+    for n in shared:
+        if model_files[n] != data_files[n]:
+            return f"the data was tokenized with another tokenizer: {n} sha256 {data_files[n][:12]}… vs the model's {model_files[n][:12]}…"
+    if data_vocab is not None and data_vocab > model_vocab:
+        return f"the data's tokenizer has {data_vocab} ids, the model's embedding {model_vocab}"
+    return None
+
+
+def card_facts(folder: Path) -> dict:
+    """License and identity facts from the original model card (README.md front matter)."""
+    import yaml
+
+    readme = folder / "README.md"
+    meta: dict = {}
+    if readme.is_file():
+        text = readme.read_text(encoding="utf-8", errors="replace")
+        if text.startswith("---"):
+            try:
+                meta = yaml.safe_load(text.split("---", 2)[1]) or {}
+            except yaml.YAMLError:
+                meta = {}
+    keep = ("license", "license_name", "license_link", "language", "base_model", "tags", "pipeline_tag", "library_name")
+    facts = {k: meta[k] for k in keep if isinstance(meta, dict) and k in meta}
+    facts["license_files"] = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.upper().startswith(("LICENSE", "NOTICE", "USE_POLICY")))
+    return facts
 
 
 # ---------------------------------------------------------------- option (b): the transformers module
@@ -349,8 +284,8 @@ def make_tiny_checkpoint(dest: str | Path, family: str, seed: int = 0, **overrid
 
 def bench(steps: int = 2, batch: int = 4, seq: int = 256, threads: int | None = None, fused: bool = True, reverse: bool = False, rounds: int = 5, size: str = "19m") -> dict:
     """Forward+backward tokens/s on CPU, ~19M-parameter Qwen2-shaped (GQA, biases, untied) model:
-    ImportedDecoder (a) vs the transformers module with sdpa and eager attention (b); model.py's
-    own Transformer of the same width (MHA, tied) for reference."""
+    loaded into model.py (a) vs the transformers module with sdpa and eager attention (b); model.py's
+    own preset layout of the same width (MHA, tied) for reference."""
     import tempfile
     import time
 
@@ -365,7 +300,7 @@ def bench(steps: int = 2, batch: int = 4, seq: int = 256, threads: int | None = 
     with tempfile.TemporaryDirectory() as d:
         make_tiny_checkpoint(d, "qwen2", **shape)
         models = {
-            "a_imported_decoder": load_imported(d),
+            "a_imported_into_model_py": load_model(d)[0],
             "b_transformers_sdpa": HFCausalLM.from_pretrained(d, "sdpa"),
             **({} if size != "19m" else {"b_transformers_eager": HFCausalLM.from_pretrained(d, "eager")}),
             "native_model_py_mha_tied": Transformer(ModelConfig(vocab_size=shape["vocab_size"], dim=shape["hidden_size"], n_layers=shape["num_hidden_layers"],

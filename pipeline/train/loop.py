@@ -334,14 +334,17 @@ def train(config: TrainConfig | dict, on_step=None, on_log=None) -> dict:
     T = cfg.seq_len or train_stream.seq_len
 
     ckpt = out / "checkpoint"
-    state = weights = opt_state = None
+    state = weights = opt_state = origin = None
     if cfg.resume:
         if not ckpt.is_dir():
             raise TrainError("--resume was given but there is no checkpoint to resume from", where=str(ckpt), hint="drop --resume to start a new run, or point --out at the run to continue")
         state, weights, opt_state = load_checkpoint(ckpt)
         check_compatible(state, train_stream.seq_len, tok_hash, str(ckpt))
         mcfg = ModelConfig(**state["model"])
+        origin = state.get("init_from")
         T = state["T"]
+    elif cfg.init_from:
+        weights, mcfg, origin = import_model(cfg, train_stream.index, str(tokens_dir / "index.json"))
     else:
         vocab = {} if "vocab_size" in cfg.model else {"vocab_size": padded_vocab(vocab_size(tokens_dir))}
         mcfg = preset(cfg.preset, **{**vocab, "max_seq_len": T, **cfg.model})
@@ -351,7 +354,7 @@ def train(config: TrainConfig | dict, on_step=None, on_log=None) -> dict:
 
     d, device = dist_setup(pick_device(cfg.device))
     try:
-        return _run(cfg, out, d, device, tokens_dir, train_stream, val_stream, tok_hash, T, mcfg, state, weights, opt_state, use_tb, on_step, on_log)
+        return _run(cfg, out, d, device, tokens_dir, train_stream, val_stream, tok_hash, T, mcfg, state, weights, opt_state, use_tb, on_step, on_log, origin)
     finally:
         if d.created:
             import torch.distributed as tdist
@@ -359,13 +362,38 @@ def train(config: TrainConfig | dict, on_step=None, on_log=None) -> dict:
             tdist.destroy_process_group()
 
 
-def _run(cfg, out, d, device, tokens_dir, train_stream, val_stream, tok_hash, T, mcfg, state, weights, opt_state, use_tb, on_step, on_log) -> dict:
+def import_model(cfg: TrainConfig, index: dict, where: str) -> tuple[dict, ModelConfig, dict]:
+    """Weights, config and origin record of the published model ``cfg.init_from``; refuses token
+    shards made with another tokenizer than the model's."""
+    from pipeline.train import hf_import
+
+    folder, origin = hf_import.resolve(cfg.init_from, cfg.init_revision)
+    model, spec = hf_import.load_model(folder)
+    tok = index.get("tokenizer") or {}
+    why = hf_import.tokenizer_mismatch(origin["files"], tok.get("files") or {}, model.cfg.vocab_size, index.get("vocab_size"))
+    if why:
+        raise TrainError(f"these token shards cannot train {cfg.init_from}: {why}", where=where,
+                         hint=f"tokenize the data with the model's own tokenizer: tokenize params tokenizer_path: {cfg.init_from}" + (f" (revision: {cfg.init_revision})" if cfg.init_revision else ""))
+    origin.update(model_type=spec.model_type, config=hf_import.read_config(folder), card=hf_import.card_facts(folder))
+    return model.state_dict(), model.cfg, origin
+
+
+def build_model(mcfg: ModelConfig, weights: dict | None) -> Transformer:
+    """A fresh (randomly initialized) model, or one holding ``weights`` without a random init first."""
+    if weights is None:
+        return Transformer(mcfg)
+    with torch.device("meta"):
+        model = Transformer(mcfg)
+    model.load_state_dict(weights, assign=True)
+    return model
+
+
+def _run(cfg, out, d, device, tokens_dir, train_stream, val_stream, tok_hash, T, mcfg, state, weights, opt_state, use_tb, on_step, on_log, origin=None) -> dict:
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = Transformer(mcfg)
-    if state is not None:
-        model.load_state_dict(weights)
+    model = build_model(mcfg, weights)
+    model.grad_checkpointing = cfg.gradient_checkpointing
     model.to(device)
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
     fwd = torch.compile(model) if use_compile else model  # checkpoints read `model`: no _orig_mod. prefix
@@ -436,6 +464,7 @@ def _run(cfg, out, d, device, tokens_dir, train_stream, val_stream, tok_hash, T,
             "horizon": horizon if (estimated or probe) else None,
             "world_size": d.world,
             "model": dataclasses.asdict(mcfg),
+            "init_from": origin,
             "train": cfg.to_json(),
             "data": {
                 "tokens_dir": str(tokens_dir.resolve()),

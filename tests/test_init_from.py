@@ -1,0 +1,125 @@
+"""``pipeline train --init-from``: continued pretraining of a published Llama-family checkpoint
+(tiny, random, built offline) on token shards made with its own tokenizer; the export loads with
+AutoModelForCausalLM in the original format and keeps the original card's license; shards of
+another tokenizer are refused; a hub id needs a pinned revision (the download is mocked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from pipeline.train import TrainError
+from tests.conftest import run_cli
+from tests.support.hfmodel import CORPUS, published_model
+from tests.test_tokenize import manifest, run
+
+ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def _docs(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    rows = [{"id": f"d{i}", "text": f"{CORPUS[i % len(CORPUS)]} 第{i}段。"} for i in range(80)]
+    (root / "docs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("initfrom")
+    model = published_model(root / "tiny-qwen2")
+    _docs(root / "in")
+    out = root / "out"
+    run(manifest(root, tokenizer_path=str(model), seq_len=32, validation_fraction=0.1), out)
+    other = root / "other"
+    (other / "in").mkdir(parents=True)
+    _docs(other / "in")
+    run(manifest(other, vocab_size=500, seq_len=32, validation_fraction=0.1), other / "out")  # a tokenizer trained here
+    return {"root": root, "model": model, "out": out, "other": other / "out"}
+
+
+def test_continued_pretraining_trains_exports_and_keeps_the_license(setup):
+    run_dir = setup["root"] / "run"
+    proc = run_cli("train", "--shards", str(setup["out"]), "--init-from", str(setup["model"]), "--out", str(run_dir), "--max-steps", "12",
+                   "--lr", "3e-3", "--warmup-steps", "2", "--batch-size", "4", "--eval-every", "6", "--device", "cpu", "--samples", "1", env=ENV)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    assert state["init_from"]["model_type"] == "qwen2" and state["model"]["n_kv_heads"] == 2 and not state["model"]["tie_embeddings"]
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in steps if r["type"] == "train"]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses  # training lowers the loss
+
+    # the export: the original format (qwen2, untied), loads with AutoModelForCausalLM, same logits as our checkpoint
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.train.checkpoint import load_native
+
+    hf_dir = run_dir / "hf"
+    config = json.loads((hf_dir / "config.json").read_text())
+    assert config["model_type"] == "qwen2" and config["tie_word_embeddings"] is False
+    hf = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    ours, _ = load_native(run_dir)
+    idx = torch.randint(0, 600, (2, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (hf(input_ids=idx).logits - ours(idx)).abs().max().item() < 1e-4
+    tok = AutoTokenizer.from_pretrained(str(hf_dir))
+    assert tok.chat_template and tok.eos_token == "<|endoftext|>"
+    card = (hf_dir / "README.md").read_text()
+    assert "license: apache-2.0" in card and "base_model:" in card and "continued-pretraining" in card and "CC-BY-SA-3.0" in card
+    assert (hf_dir / "LICENSE").is_file()
+
+    # resume continues from the checkpoint (the published folder is not read again)
+    proc = run_cli("train", "--shards", str(setup["out"]), "--init-from", str(setup["model"]), "--out", str(run_dir), "--max-steps", "14",
+                   "--lr", "3e-3", "--warmup-steps", "2", "--batch-size", "4", "--eval-every", "0", "--device", "cpu", "--resume", "--no-export", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["step"] == 14
+
+
+def test_shards_of_another_tokenizer_are_refused(setup):
+    proc = run_cli("train", "--shards", str(setup["other"]), "--init-from", str(setup["model"]), "--out", str(setup["root"] / "bad"), "--max-steps", "1", "--device", "cpu", env=ENV)
+    assert proc.returncode != 0
+    assert "another tokenizer" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (setup["root"] / "bad" / "checkpoint").exists()
+
+
+def test_preset_or_model_overrides_conflict_with_init_from(setup):
+    proc = run_cli("train", "--shards", str(setup["out"]), "--init-from", str(setup["model"]), "--preset", "25m", "--out", str(setup["root"] / "bad2"), "--max-steps", "1", env=ENV)
+    assert proc.returncode != 0 and "fixes the architecture" in proc.stderr
+
+
+def test_hub_id_needs_a_revision_and_is_fetched_at_it(setup, monkeypatch):
+    import huggingface_hub
+
+    from pipeline.train import hf_import
+
+    with pytest.raises(TrainError, match="pin a revision"):
+        hf_import.resolve("someorg/tiny-model", None)
+    calls = []
+
+    def fake_snapshot(repo_id, revision=None, allow_patterns=None, **kw):
+        calls.append((repo_id, revision))
+        return str(setup["model"])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    folder, origin = hf_import.resolve("someorg/tiny-model", "abc123")
+    assert calls == [("someorg/tiny-model", "abc123")] and folder == setup["model"]
+    assert origin["revision"] == "abc123" and "tokenizer.json" in origin["files"] and "model.safetensors" in origin["files"]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(setup):
+    from pipeline.train.hf_import import load_model
+
+    model, _ = load_model(setup["model"])
+    x = torch.randint(0, 600, (2, 17), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for flag in (False, True):
+        model.zero_grad()
+        model.grad_checkpointing = flag
+        model.train()
+        _, loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
