@@ -223,6 +223,9 @@ def train(
             _fail(exc)
         finetune_command(ctx, console, _fail, defaults=defaults)
         return
+    only_ft = [flag for flag, value in (("--lora", lora), ("--patience", patience)) if value is not None]
+    if only_ft:
+        _fail(PipelineError(f"{', '.join(only_ft)}: fine-tuning options, and this is pretraining (--shards has token shards, no --finetune)", where="pipeline train", hint="add --finetune classification|sft with fine-tuning examples, or drop them"))
     try:
         from pipeline.train.config import build_config
         from pipeline.train.export import export_hf
