@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from pipeline.common.storage import file_digests
 from pipeline.train import TrainError
-from pipeline.train.loop import pick_device, use_bf16_for
+from pipeline.train.loop import base_model_facts, pick_device, use_bf16_for
 from pipeline.train.model import ModelConfig, Transformer, padded_vocab
 
 TASKS = ("classification", "sft")
@@ -546,6 +546,7 @@ def finetune(config: FinetuneConfig | dict, on_step=None, progress: bool = False
         "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "examples": {s: len(splits[s]) for s in SPLITS},
         "base": _base_record(ckpt, state),
+        **({"base_model": base_model_facts(state["init_from"])} if state.get("init_from") else {}),
     }
     if task == "classification":
         train_counts = np.bincount(train.labels, minlength=len(labels))

@@ -378,6 +378,13 @@ def import_model(cfg: TrainConfig, index: dict, where: str) -> tuple[dict, Model
     return model.state_dict(), model.cfg, origin
 
 
+def base_model_facts(origin: dict) -> dict:
+    """What a summary (and the report) says of the published model a run started from."""
+    card = origin.get("card") or {}
+    return {"source": origin.get("source"), "revision": origin.get("commit") or origin.get("revision"), "model_type": origin.get("model_type"),
+            "license": card.get("license"), "license_name": card.get("license_name"), "license_files": card.get("license_files")}
+
+
 def build_model(mcfg: ModelConfig, weights: dict | None) -> Transformer:
     """A fresh (randomly initialized) model, or one holding ``weights`` without a random init first."""
     if weights is None:
@@ -583,6 +590,7 @@ def _run(cfg, out, d, device, tokens_dir, train_stream, val_stream, tok_hash, T,
             "seconds": elapsed,
             "model": dataclasses.asdict(mcfg),
             "config": cfg.to_json(),
+            **({"base_model": base_model_facts(origin)} if origin else {}),
             **{k: v for k, v in last_eval.items() if k not in ("step", "type")},
         }
         if t_first is not None and step - start_step > 1:  # steps 2..n of this process, evaluations included
