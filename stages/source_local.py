@@ -1,5 +1,5 @@
 """Source ``local``: files on this machine (paths or globs of jsonl, json, parquet, arrow, txt,
-MediaWiki XML dumps, or WARC/WET web archives). Globs are relative to the manifest's folder. One partition per file,
+csv, tsv, MediaWiki XML dumps, or WARC/WET web archives). Globs are relative to the manifest's folder. One partition per file,
 except that large uncompressed JSONL / line-text files are cut into byte ranges and Parquet files
 into row-group ranges of about ``partition_bytes`` (a partition is what one task holds in memory;
 document ids and order do not depend on the cut).
@@ -10,6 +10,14 @@ Fine-tuning sources (``task: classification`` or ``sft``) add string columns: ``
 ``label_field``, or ``label_value`` for a whole file), or ``instruction`` + ``response`` (with
 ``text`` = instruction + "\n" + response, so cleaning and filtering stages still see the text).
 A record without them goes to the ledger (``parse:missing-label`` ...), never silently away.
+``keep_fields`` carries other record fields as string columns (a split the data already has,
+for ``finetune_data``'s ``split_field``).
+
+CSV/TSV files (``.csv``, ``.tsv``/``.tab``, or ``format: csv|tsv``) need a header row; their
+columns are the record fields (``text_field``, ``id_field``, ``label_field`` ... name them), all
+read as strings by ``pyarrow.csv``; quoted fields may hold newlines; UTF-8 with or without a BOM.
+A row with too many or too few fields goes to the ledger (``parse:invalid-csv``, with its row
+number); bytes that are not UTF-8 stop the run naming the file.
 
 WARC/WET files (``.warc``, ``.warc.gz``, ``.wet``, ``.wet.gz``, or ``format: warc|wet``) give web
 records (``WEB_RECORD_SCHEMA``, what ``html_extract`` reads): one row per ``response`` /
@@ -46,7 +54,7 @@ from pipeline.io.urls import redact_url
 # Columns that rows of a fine-tuning source carry beside DOC_SCHEMA's (all strings).
 TASK_COLUMNS = {"pretrain": [], "classification": ["label"], "sft": ["instruction", "response"]}
 
-Format = Literal["auto", "jsonl", "json", "parquet", "arrow", "txt", "mediawiki-xml", "warc", "wet"]
+Format = Literal["auto", "jsonl", "json", "parquet", "arrow", "txt", "csv", "tsv", "mediawiki-xml", "warc", "wet"]
 WEB_FORMATS = ("warc", "wet")
 
 
@@ -66,6 +74,7 @@ class RecordFields(SourceConfig):
     label_value: str | None = Field(None, description="classification: one label for every record of this source (files labeled by name, e.g. pos.txt)")
     instruction_field: str | None = Field(None, description="sft: the record field holding the instruction (prompt)")
     response_field: str | None = Field(None, description="sft: the record field holding the response (the only tokens with loss)")
+    keep_fields: list[str] = Field(default_factory=list, description="other record fields carried as string columns of the same name (e.g. a split field for finetune_data's split_field); a missing field is null")
     partition_bytes: int = Field(
         32 * 2**20,
         ge=2**12,
@@ -87,6 +96,10 @@ class RecordFields(SourceConfig):
             raise ValueError(f"label_field / label_value are for task: classification (this source has task: {self.task})")
         if self.task != "sft" and (self.instruction_field or self.response_field):
             raise ValueError(f"instruction_field / response_field are for task: sft (this source has task: {self.task})")
+        taken = set(DOC_SCHEMA.names) | set(TASK_COLUMNS[self.task])
+        clash = [f for f in self.keep_fields if f in taken]
+        if clash or len(set(self.keep_fields)) != len(self.keep_fields):
+            raise ValueError(f"keep_fields must not repeat nor name a document column ({', '.join(sorted(taken))}): {clash or self.keep_fields}")
         return self
 
 
@@ -188,7 +201,9 @@ def read_files(stage: SourceStage, ctx: NodeContext, paths: list[Path]) -> None:
     for file_no, (path, fmt) in enumerate(zip(paths, fmts)):
         if fmt == "mediawiki-xml" and cfg.task != "pretrain":
             raise StageError(
-                f"task: {cfg.task} needs record files (jsonl, json, parquet, arrow, txt), not a MediaWiki dump", where=f"sources.{cfg.name}: {path.name}", hint="extract the dump's text with a pretraining manifest first, then label it"
+                f"task: {cfg.task} needs record files (jsonl, json, parquet, arrow, txt, csv, tsv), not a MediaWiki dump",
+                where=f"sources.{cfg.name}: {path.name}",
+                hint="extract the dump's text with a pretraining manifest first, then label it",
             )
         pieces.extend((file_no, path, fmt, span) for span in _spans(path, fmt, cfg))
     firsts = _first_records(ctx, pieces)
@@ -204,6 +219,8 @@ def read_files(stage: SourceStage, ctx: NodeContext, paths: list[Path]) -> None:
             tasks.append((parse_dump_task, (str(path), 0, None, wiki, cfg.name, cfg.license, base, None, stage.node, out, removed, True)))
         else:
             fields = {"text": cfg.text_field, "id": cfg.id_field, "title": cfg.title_field, "url": cfg.url_field}
+            if cfg.keep_fields:
+                fields["keep"] = list(cfg.keep_fields)
             labels = {"task": cfg.task, "label": cfg.label_field, "label_value": cfg.label_value, "instruction": cfg.instruction_field, "response": cfg.response_field}
             piece = {"span": list(span), "first": first, "first_line": first_line} if span else None
             tasks.append((read_records_task, (str(path), fmt, cfg.txt_mode, fields, cfg.name, cfg.license, stage.node, out, removed, labels, piece)))
@@ -266,7 +283,8 @@ def read_records_task(path: str, fmt: str, txt_mode: str, fields: dict, source: 
     labels = labels or {"task": "pretrain"}
     task = labels["task"]
     schema = DOC_SCHEMA
-    for name in TASK_COLUMNS[task]:
+    keep = fields.get("keep") or []
+    for name in [*TASK_COLUMNS[task], *keep]:
         schema = schema.append(pa.field(name, pa.string()))
     cols: dict[str, list] = {n: [] for n in schema.names}
     errors: list[tuple[str, str, str, dict]] = []  # id, reason, text, where in the file
@@ -306,6 +324,8 @@ def read_records_task(path: str, fmt: str, txt_mode: str, fields: dict, source: 
             cols["timestamp"].append(None)
             cols["revision_id"].append(None)
             cols["text"].append(text)
+            for name in keep:
+                cols[name].append(_opt_str(rec.get(name)))
     except FileNotFoundError:
         if task_sync.in_mirrored_task():
             raise  # a worker without the runner's files: run_mirrored says what to do

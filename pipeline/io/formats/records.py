@@ -1,4 +1,4 @@
-"""Read document files (jsonl, json, parquet, arrow, txt) into tables of the document schema.
+"""Read document files (jsonl, json, parquet, arrow, txt, csv, tsv) into tables of the document schema.
 
 A record that cannot be read (invalid JSON, no text field) is not skipped silently: it
 comes back as an error record (id, reason) for the removal ledger.
@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from pipeline.common.errors import StageError
 
-FORMATS = ("jsonl", "json", "parquet", "arrow", "txt", "mediawiki-xml")
+FORMATS = ("jsonl", "json", "parquet", "arrow", "txt", "csv", "tsv", "mediawiki-xml")
 BATCH_ROWS = 10_000
 
 
@@ -35,6 +35,10 @@ def detect_format(path: str) -> str:
         return "arrow"
     if name.endswith(".txt"):
         return "txt"
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith((".tsv", ".tab")):
+        return "tsv"
     if ".xml" in name:
         return "mediawiki-xml"
     raise StageError(f"cannot tell the format of {path!r} from its name", where=path, hint=f"set 'format' on the source to one of: {', '.join(FORMATS)}")
@@ -174,6 +178,8 @@ def iter_records(path: Path, fmt: str, txt_mode: str = "file", span: tuple[int, 
         with _open_binary(path) as fh:
             text, bad = _decode(fh.read())
         yield ("ok", {"text": text}, {}) if bad is None else ("error", "parse:invalid-utf8", {"byte": bad})
+    elif fmt in ("csv", "tsv"):
+        yield from _delimited_records(path, "\t" if fmt == "tsv" else ",")
     elif fmt in ("parquet", "arrow"):
         if fmt == "parquet":
             pf = pq.ParquetFile(path)
@@ -198,3 +204,37 @@ def _arrow_batches(path: Path):
     except pa.ArrowInvalid:
         with ipc.open_stream(path) as stream:
             yield from stream
+
+
+def _delimited_records(path: Path, delimiter: str) -> Iterator[tuple[str, dict | str, dict]]:
+    """CSV/TSV with a header row, parsed by ``pyarrow.csv`` (streamed, one thread so that a bad
+    row's number is known): every column a string (an empty field is ""), quoted fields may hold
+    newlines and delimiters, UTF-8 with or without a BOM, gzip/bz2 by extension. A row with the
+    wrong number of fields is an error record (``parse:invalid-csv``, ``{"row": n}``: the header
+    is row 1, a quoted newline does not start a row); bytes that are not UTF-8 stop the read (the
+    caller names the file)."""
+    import pyarrow.csv as pcsv
+
+    problems: list[dict] = []
+
+    def bad_row(row) -> str:
+        problems.append({"row": row.number, "fields": row.actual_columns, "expected_fields": row.expected_columns})
+        return "skip"
+
+    parse = pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=bad_row)
+    read = pcsv.ReadOptions(use_threads=False, block_size=8 << 20)
+    # the header first: every column is read as a string (ids like 007 and labels like 1 stay as written)
+    probe = pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=lambda row: "skip")
+    names = pcsv.open_csv(str(path), read_options=read, parse_options=probe).schema.names
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise StageError(f"the header repeats column(s) {dup}", where=str(path), hint="give every column its own name")
+    convert = pcsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=False, quoted_strings_can_be_null=False)
+    for batch in pcsv.open_csv(str(path), read_options=read, parse_options=parse, convert_options=convert):
+        for where in problems:
+            yield "error", "parse:invalid-csv", where
+        problems.clear()
+        for rec in batch.to_pylist():
+            yield "ok", rec, {}
+    for where in problems:
+        yield "error", "parse:invalid-csv", where
