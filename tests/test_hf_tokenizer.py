@@ -86,7 +86,7 @@ LLAMA2_CONFIG = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_t
 def documents(out: Path, eos: int, bos: int | None) -> dict[str, np.ndarray]:
     """Each document's token ids (BOS/EOS stripped, checked) from the token shards."""
     got = {}
-    for split in ("train", "validation"):
+    for split in ("train", "validation", "test"):
         ids, order, _ = split_stream(out, split)
         ends = np.flatnonzero(ids == eos)
         chunks = np.split(ids, ends + 1)[:-1]

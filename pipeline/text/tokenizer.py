@@ -240,7 +240,7 @@ def write_tokenizer_dir(dest: Path, *, sp_model: bytes | None = None, hf_dir: Pa
         (tmp / HF_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
         (tmp / HF_SPECIAL).write_text(json.dumps(special, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
     elif hf_dir is not None:
-        for name in (HF_TOKENIZER, HF_CONFIG, HF_SPECIAL):
+        for name in (HF_TOKENIZER, HF_CONFIG, HF_SPECIAL, *CHAT_TEMPLATE_FILES):
             if (Path(hf_dir) / name).exists():
                 shutil.copyfile(Path(hf_dir) / name, tmp / name)
     else:
@@ -264,7 +264,9 @@ def dir_sha256(files: dict[str, str]) -> str:
 # ----------------------------------------------------------- published tokenizers (issue 15)
 # The files of a Hugging Face tokenizer folder that define its behaviour: hashed to pin a local
 # folder, fetched for a hub id. Other files in the folder (weights, README) are ignored.
-TOKENIZER_FILES = (SP_MODEL, HF_TOKENIZER, HF_CONFIG, HF_SPECIAL, "added_tokens.json", "vocab.json", "merges.txt")
+# newer transformers write the chat template to its own file instead of tokenizer_config.json
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+TOKENIZER_FILES = (SP_MODEL, HF_TOKENIZER, HF_CONFIG, HF_SPECIAL, "added_tokens.json", "vocab.json", "merges.txt", *CHAT_TEMPLATE_FILES)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -24,7 +24,7 @@ from pipeline.train import TrainError
 from pipeline.train.checkpoint import load_native
 from pipeline.train.model import ModelConfig, Transformer
 
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
 
 
 def llama_config(cfg: ModelConfig, **special):
