@@ -37,7 +37,10 @@ def write_random_shards(dest: Path, tokens: int, vocab: int, seq_len: int, seed:
     dtype = np.dtype(np.uint16 if vocab <= 1 << 16 else np.uint32)
     rng = np.random.default_rng(seed)
     work = dest / "work"
-    for split, n in (("train", tokens), ("validation", 4 * seq_len + 1)):
+    from pipeline.text.packing import SPLITS
+
+    for split in SPLITS:  # train, validation (and test where the packer has it)
+        n = tokens if split == "train" else 4 * seq_len + 1
         w = WorkWriter(work, split, 0, dtype)
         doc = 64 * seq_len  # long documents: the ids are noise anyway
         for a in range(0, n, doc):

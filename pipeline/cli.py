@@ -408,6 +408,39 @@ def generate(
     print(prompt + loaded.tokenizer.decode(strip_eos(ids, loaded.eos_id)))
 
 
+@app.command("eval")
+def eval_(
+    run_dir: Path = typer.Argument(..., help="A training run dir (pipeline train --out), a fine-tuning out dir, or a Hugging Face export folder."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Token shards (a run's out dir or tokens/), a text file (.jsonl/.json/.parquet with text, .txt one document per line), or a finetune_data output. Default: the run's own data."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split of shards or examples (default: test; shards without one: validation)."),
+    task: str = typer.Option("auto", "--task", help="auto, lm (loss/perplexity), sft (generation metrics) or classification."),
+    max_tokens: int = typer.Option(1_000_000, "--max-tokens", min=1, help="lm: score the first N tokens."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Sequences (or examples) per forward pass."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="sft: generation budget (default max(2 x reference tokens, 16))."),
+    max_examples: Optional[int] = typer.Option(1000, "--max-examples", min=1, help="sft: generate for the first N examples of the split."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, mps."),
+    name: Optional[str] = typer.Option(None, "--name", help="Result name (RUN/eval/NAME.json, metrics.json eval.NAME); default from --data and the split."),
+) -> None:
+    """Score a model on held-out data: loss/perplexity, generation metrics (SFT) or classifier scores; results go to metrics.json."""
+    try:
+        from pipeline.train.evaluate import EvalRequest, evaluate, summary_rows
+    except ImportError as exc:
+        _fail(PipelineError(f"evaluation needs PyTorch ({exc})", hint="pip install torch"))
+    try:
+        req = EvalRequest(run=str(run_dir), data=str(data) if data else None, split=split, task=task, name=name, max_tokens=max_tokens, batch_size=batch_size, device=device, max_new_tokens=max_new_tokens, max_examples=max_examples)
+        result = evaluate(req)
+    except PipelineError as exc:
+        _fail(exc)
+    except ImportError as exc:
+        _fail(PipelineError(f"evaluation needs a package that is not installed ({exc})", hint="pip install sacrebleu rouge-score"))
+    from rich.table import Table
+
+    table = Table(title=f"eval {result['name']}", show_header=False)
+    for key, value in summary_rows(result):
+        table.add_row(_escape(key), _escape(value))
+    print_table(Console(), table)
+
+
 @app.command()
 def report(
     out: Path = typer.Argument(..., help="Output directory of a finished run."),

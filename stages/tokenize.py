@@ -4,17 +4,20 @@ Turns the curated documents of its inputs into what ``pipeline train --shards ou
 
     <out>/tokenizer/   tokenizer.model (SentencePiece) + tokenizer.json, tokenizer_config.json,
                        special_tokens_map.json (AutoTokenizer.from_pretrained loads it), grist_tokenizer.json
-    <out>/tokens/      datasets.load_from_disk -> DatasetDict(train, validation) of packed rows
+    <out>/tokens/      datasets.load_from_disk -> DatasetDict(train, validation, test) of packed rows
                        (input_ids, doc_ids, doc_starts) + index.json
 
 Phases (``docs/tokenization.md`` has the details and the measured figures):
 
 1. ``scan`` -- one task per input part: per part, the documents with text, their UTF-8 bytes,
-   how many fall in the validation split, and the smallest split hash (the fallback validation
-   document). The split of a document is a function of its id only:
-   ``xxh3_64(b"split:" + id, seed) < validation_fraction * 2**64``; when that puts no document in
-   validation although at least two have text, the document with the smallest hash goes there,
-   so validation is never empty then (``validation_fraction: 0`` asks for no validation split).
+   how many fall in the validation and test splits, and the smallest split hash (the fallback
+   validation document). The split of a document is a function of its id only: with
+   ``h = xxh3_64(b"split:" + id, seed)``, validation if ``h < validation_fraction * 2**64``, test
+   if ``h >= 2**64 - test_fraction * 2**64`` (the top of the hash range, so the validation split
+   is the same whatever test_fraction is), else train. When that puts no document in validation
+   although at least two have text, the document with the smallest hash goes there, so
+   validation is never empty then (``validation_fraction: 0`` asks for no validation split; test
+   has no such fallback). Neither held-out split is in the tokenizer's training sample.
 2. tokenizer -- in this process: train SentencePiece on a deterministic sample (train-split
    documents chosen by ``xxh3_64(b"sample:" + id, seed) < sample_bytes / total_bytes``, in input
    order, until ``sample_bytes``), or read ``tokenizer_path``; write ``tokenizer/`` and check that
@@ -44,7 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.common import storage
 from pipeline.common.errors import StageError
@@ -76,6 +79,7 @@ class Params(BaseModel):
     eos_token: str | None = Field(None, description="EOS piece (default: the tokenizer's own)")
     bos_token: str | None = Field(None, description="BOS piece (default: the tokenizer's own)")
     validation_fraction: float = Field(0.01, ge=0, lt=1, description="share of documents (by a hash of the id) in the validation split")
+    test_fraction: float = Field(0.01, ge=0, lt=1, description="share of documents (by a hash of the id, the top of its range) in the test split, held out from training and validation: what `pipeline eval` scores")
     seed: int = Field(0, ge=0, lt=1 << 64, description="seed of the split and sample hashes")
     verify_roundtrip: Literal["auto", "always", "never"] = Field("auto", description="decode-check documents: auto = where losslessness is not guaranteed by construction")
     on_lossy: Literal["drop", "keep"] = Field("drop", description="documents whose decoded tokens differ from the text: to the ledger (tokenize:lossy), or kept")
@@ -83,6 +87,24 @@ class Params(BaseModel):
     shard_bytes: int = Field(512 << 20, ge=1 << 16, description="token bytes per Arrow shard")
     batch_rows: int = Field(1024, ge=1, description="documents encoded per batch (memory per task)")
     keep_work: bool = Field(False, description="keep work/ (flat token files) after the node completes")
+
+    @model_validator(mode="after")
+    def _check_fractions(self):
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ValueError("validation_fraction + test_fraction must leave documents for training (sum < 1)")
+        return self
+
+
+def split_thresholds(validation_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """(validation, test) hash thresholds: validation iff h < the first, test iff h >= the second.
+    Test takes the top of the hash range so that adding it leaves the validation split unchanged."""
+    val = min(int(validation_fraction * 2**64), 2**64 - 1)
+    test = 2**64 - int(test_fraction * 2**64) if test_fraction > 0 else 2**64  # 2**64: no hash reaches it
+    return val, max(test, val)
+
+
+def split_of_hash(h: int, val_threshold: int, test_threshold: int) -> str:
+    return "validation" if h < val_threshold else "test" if h >= test_threshold else "train"
 
 
 class Tokenize(Stage):
@@ -96,10 +118,10 @@ class Tokenize(Stage):
     def run(self, ctx: NodeContext) -> dict:
         p: Params = self.params
         parts = [str(part) for inp in ctx.inputs for part in inp.parts]
-        val_threshold = min(int(p.validation_fraction * 2**64), 2**64 - 1)
+        val_threshold, test_threshold = split_thresholds(p.validation_fraction, p.test_fraction)
 
         # 1. scan
-        scan = ctx.run_tasks(_scan_task, [(part, p.seed, val_threshold) for part in parts], desc="scan", phase="scan")
+        scan = ctx.run_tasks(_scan_task, [(part, p.seed, val_threshold, test_threshold) for part in parts], desc="scan", phase="scan")
         nonempty = sum(s["nonempty"] for s in scan)
         forced: list[str] = []
         if p.validation_fraction > 0 and nonempty >= 2 and sum(s["validation"] for s in scan) == 0:
@@ -109,7 +131,7 @@ class Tokenize(Stage):
         # 2. tokenizer
         tok_dir = ctx.dir / "tokenizer"
         if not (tok_dir / tkz.META).exists():
-            self._make_tokenizer(ctx, parts, scan, val_threshold, forced, tok_dir)
+            self._make_tokenizer(ctx, parts, scan, val_threshold, test_threshold, forced, tok_dir)
         meta = storage.read_json(tok_dir / tkz.META)
         tok = tkz.load_tokenizer(tok_dir)
         conventions = meta.get("conventions") or {}
@@ -142,6 +164,7 @@ class Tokenize(Stage):
             "bos_id": bos_id,
             "seed": p.seed,
             "val_threshold": val_threshold,
+            "test_threshold": test_threshold,
             "forced_validation": forced,
             "verify": p.verify_roundtrip,
             "on_lossy": p.on_lossy,
@@ -167,7 +190,8 @@ class Tokenize(Stage):
                     "bos_id": bos_id,
                     "tokenizer": _identity(meta, tok, eos_id, bos_id),
                     "validation_fraction": p.validation_fraction,
-                    "split_rule": "validation iff xxh3_64(b'split:' + id, seed) < validation_fraction * 2**64 (else train); forced_validation if none did",
+                    "test_fraction": p.test_fraction,
+                    "split_rule": "h = xxh3_64(b'split:' + id, seed): validation iff h < validation_fraction * 2**64, test iff h >= 2**64 - test_fraction * 2**64, else train; forced_validation if no document was in validation",
                     "seed": p.seed,
                     "forced_validation": forced,
                     "documents": {s: totals.get("documents", {}).get(s, 0) for s in SPLITS},
@@ -211,7 +235,7 @@ class Tokenize(Stage):
         return {"identity": {"tokenizer_sha256": hashlib.sha256(src.read_bytes()).hexdigest() if src.is_file() else None}}
 
     # ------------------------------------------------------------------------- tokenizer
-    def _make_tokenizer(self, ctx: NodeContext, parts: list[str], scan: list[dict], val_threshold: int, forced: list[str], tok_dir: Path) -> None:
+    def _make_tokenizer(self, ctx: NodeContext, parts: list[str], scan: list[dict], val_threshold: int, test_threshold: int, forced: list[str], tok_dir: Path) -> None:
         p: Params = self.params
         where = f"node {self.node!r} ({self.name})"
         if p.tokenizer_path:
@@ -249,10 +273,10 @@ class Tokenize(Stage):
                 tkz.write_tokenizer_dir(tok_dir, hf_dir=pinned.parent, meta=meta)
             return
         train_bytes = sum(s["train_bytes"] for s in scan)
-        # the tokenizer never sees validation text, unless there is nothing else (a corpus of one document)
+        # the tokenizer never sees validation or test text, unless there is nothing else (a corpus of one document)
         only_validation = train_bytes == 0
         fraction = min(1.0, p.sample_bytes / train_bytes) if train_bytes else 1.0
-        sampler = _Sample(parts, p.seed, -1 if only_validation else val_threshold, set() if only_validation else set(forced), fraction, p.sample_bytes, p.hf_check_documents)
+        sampler = _Sample(parts, p.seed, -1 if only_validation else val_threshold, 2**64 if only_validation else test_threshold, set() if only_validation else set(forced), fraction, p.sample_bytes, p.hf_check_documents)
         threads = p.train_threads or (ctx.executor.workers if p.model_type == "bpe" else 1)
         ctx.run.console.log(f"\\[{self.node}] training a SentencePiece {p.model_type} tokenizer (vocab {p.vocab_size}) on ~{min(train_bytes, p.sample_bytes) / 1e6:.1f} MB sampled from {train_bytes / 1e6:.1f} MB")
         need, free = TRAIN_MEMORY_PER_BYTE * min(train_bytes, p.sample_bytes), _available_memory()
@@ -360,8 +384,8 @@ def _nonempty(batch: pa.RecordBatch) -> np.ndarray:
     return pc.fill_null(pc.greater(pc.binary_length(text), 0), False).to_numpy(zero_copy_only=False)
 
 
-def _scan_task(part: str, seed: int, val_threshold: int) -> dict:
-    out = {"documents": 0, "nonempty": 0, "validation": 0, "train_bytes": 0, "min_hash": None, "min_id": None}
+def _scan_task(part: str, seed: int, val_threshold: int, test_threshold: int = 2**64) -> dict:
+    out = {"documents": 0, "nonempty": 0, "validation": 0, "test": 0, "train_bytes": 0, "min_hash": None, "min_id": None}
     for batch in pq.ParquetFile(part).iter_batches(batch_size=8192, columns=["id", "text"]):
         ok = _nonempty(batch)
         nbytes = pc.fill_null(pc.binary_length(batch.column("text")), 0).to_numpy(zero_copy_only=False)
@@ -374,6 +398,8 @@ def _scan_task(part: str, seed: int, val_threshold: int) -> dict:
             out["nonempty"] += 1
             if h < val_threshold:
                 out["validation"] += 1
+            elif h >= test_threshold:
+                out["test"] += 1
             else:
                 out["train_bytes"] += int(nbytes[i])
             if no_mark[i] and (out["min_hash"] is None or (h, doc_id) < (out["min_hash"], out["min_id"])):
@@ -400,8 +426,8 @@ def _available_memory() -> int | None:
 class _Sample:
     """Iterator over the tokenizer training sample (documents' texts), streamed from the parts."""
 
-    def __init__(self, parts: list[str], seed: int, val_threshold: int, forced: set[str], fraction: float, cap: int, n_checks: int):
-        self.parts, self.seed, self.val_threshold, self.forced = parts, seed, val_threshold, forced
+    def __init__(self, parts: list[str], seed: int, val_threshold: int, test_threshold: int, forced: set[str], fraction: float, cap: int, n_checks: int):
+        self.parts, self.seed, self.val_threshold, self.test_threshold, self.forced = parts, seed, val_threshold, test_threshold, forced
         self.threshold = 2**64 if fraction >= 1 else int(fraction * 2**64)
         self.cap, self.n_checks = cap, n_checks
         self.documents = self.bytes = 0
@@ -417,8 +443,10 @@ class _Sample:
                 texts = batch.column("text")
                 for i in np.flatnonzero(ok).tolist():
                     doc_id = ids[i] or ""
-                    if self.val_threshold >= 0 and (split_hash(doc_id, self.seed) < self.val_threshold or base_id(doc_id) in self.forced):
-                        continue
+                    if self.val_threshold >= 0:
+                        h = split_hash(doc_id, self.seed)
+                        if h < self.val_threshold or h >= self.test_threshold or base_id(doc_id) in self.forced:
+                            continue
                     if self.threshold < 2**64 and sample_hash(doc_id, self.seed) >= self.threshold:
                         continue
                     text = texts[i].as_py()
@@ -457,7 +485,7 @@ def _encode_task(part: str, index: int, cfg: dict, work: str, out_path: str, rem
     dtype = np.dtype(cfg["dtype"])
     eos, bos = cfg["eos_id"], cfg["bos_id"]
     forced = set(cfg["forced_validation"])
-    seed, val_threshold = cfg["seed"], cfg["val_threshold"]
+    seed, val_threshold, test_threshold = cfg["seed"], cfg["val_threshold"], cfg.get("test_threshold", 2**64)
     verify, on_lossy = cfg["verify"], cfg["on_lossy"]
     n_special = 1 + (bos is not None)
     byte_ids = tok.byte_ids
@@ -525,7 +553,7 @@ def _encode_task(part: str, index: int, cfg: dict, work: str, out_path: str, rem
                 doc_id = ids[i] or ""
                 keep[i] = True
                 enc[i] = token_ids
-                split_of[i] = "validation" if (split_hash(doc_id, seed) < val_threshold or base_id(doc_id) in forced) else "train"
+                split_of[i] = "validation" if base_id(doc_id) in forced else split_of_hash(split_hash(doc_id, seed), val_threshold, test_threshold)
             kept_idx = np.flatnonzero(keep)
             # token stream per split: [BOS] ids EOS for each document, in input order
             n_tok = np.zeros(n, dtype=np.int64)

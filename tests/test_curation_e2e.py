@@ -103,12 +103,12 @@ def test_token_shards_round_trip_to_the_curated_documents(curated):
     out, *_ = curated
     docs = {r["id"]: r["text"] for r in datasets.load_from_disk(str(out / "data"))}
     tokens = datasets.load_from_disk(str(out / "tokens"))
-    assert set(tokens.keys()) == {"train", "validation"} and tokens["validation"].num_rows > 0
+    assert set(tokens.keys()) == {"train", "validation", "test"} and tokens["validation"].num_rows > 0
     index = json.loads((out / "tokens" / "index.json").read_text())
     sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer" / "tokenizer.model"))
     eos = sp.eos_id()
     seen: dict[str, str] = {}
-    for split in ("train", "validation"):
+    for split in ("train", "validation", "test"):
         ds = tokens[split]
         assert ds.features["input_ids"].feature.dtype == "uint16"
         ids = np.concatenate([np.asarray(r, dtype=np.int64) for r in ds["input_ids"]])

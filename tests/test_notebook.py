@@ -38,4 +38,4 @@ def test_explore_notebook_runs_on_a_small_run(tmp_path, monkeypatch):
     assert "small - alpha (local) -> beta (local) -> lang (lid_filter) -> quality (quality_filter) -> dedup (dedup) -> tokenize (tokenize)" in text
     assert "removed by lang: {'fr': 1}" in text
     index = json.loads((out / "tokens" / "index.json").read_text())
-    assert f"tokens {{'train': {index['splits']['train']['tokens']}" in text
+    assert f"'train': {index['splits']['train']['tokens']}" in text

@@ -82,7 +82,7 @@ def write_inputs(root: Path, docs: list[dict]) -> None:
 
 
 def manifest(root: Path, **params) -> Path:
-    params = {"vocab_size": VOCAB, "seq_len": SEQ_LEN, "validation_fraction": 0.05, **params}
+    params = {"vocab_size": VOCAB, "seq_len": SEQ_LEN, "validation_fraction": 0.05, "test_fraction": 0.05, **params}
     path = root / "m.yaml"
     path.write_text(
         "name: tok-test\n"
@@ -137,11 +137,12 @@ def split_stream(out: Path, split: str) -> tuple[np.ndarray, list[str], pa.Table
 def test_dataset_dict_layout_dtype_and_index(built):
     out = built["out"]
     dd = datasets.load_from_disk(str(out / "tokens"))
-    assert isinstance(dd, datasets.DatasetDict) and set(dd) == {"train", "validation"}
-    assert dd["train"].num_rows > 0 and dd["validation"].num_rows > 0
+    assert isinstance(dd, datasets.DatasetDict) and set(dd) == {"train", "validation", "test"}
+    assert dd["train"].num_rows > 0 and dd["validation"].num_rows > 0 and dd["test"].num_rows > 0
     index = json.loads((out / "tokens" / "index.json").read_text())
     assert index["seq_len"] == SEQ_LEN and index["dtype"] == "uint16"
-    for split in ("train", "validation"):
+    assert set(index["documents"]) == {"train", "validation", "test"} and index["test_fraction"] == 0.05
+    for split in ("train", "validation", "test"):
         ds = dd[split]
         assert isinstance(ds.data, datasets.table.MemoryMappedTable)  # read through memory maps, not copied
         assert ds.features["input_ids"].feature.dtype == "uint16"
@@ -168,7 +169,7 @@ def test_decode_split_on_eos_gives_back_every_document(built):
     sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer" / "tokenizer.model"))
     eos = sp.eos_id()
     seen: dict[str, str] = {}
-    for split in ("train", "validation"):
+    for split in ("train", "validation", "test"):
         ids, order, _ = split_stream(out, split)
         chunks = np.split(ids, np.flatnonzero(ids == eos) + 1)
         assert len(chunks[-1]) == 0 and len(chunks) - 1 == len(order)
@@ -193,7 +194,7 @@ def test_decode_split_on_eos_gives_back_every_document(built):
 def test_lineage_offsets_point_at_document_starts(built):
     out = built["out"]
     eos = json.loads((out / "tokens" / "index.json").read_text())["eos_id"]
-    for split in ("train", "validation"):
+    for split in ("train", "validation", "test"):
         _, _, table = split_stream(out, split)
         open_doc, last_doc = None, None  # the document cut at the end of the previous row
         for row_ids, doc_ids, starts in zip(*(table.column(c).to_pylist() for c in ("input_ids", "doc_ids", "doc_starts"))):
@@ -213,12 +214,35 @@ def test_no_document_in_both_splits_and_split_is_a_function_of_the_id(built):
     out = built["out"]
     train = set(split_stream(out, "train")[1])
     val = set(split_stream(out, "validation")[1])
-    assert train and val and not (train & val)
+    test = set(split_stream(out, "test")[1])
+    assert train and val and test and not (train & val) and not (train & test) and not (val & test)
     from stages.tokenize import split_hash
 
     threshold = int(0.05 * 2**64)
+    top = 2**64 - int(0.05 * 2**64)
     assert all(split_hash(d, 0) < threshold for d in val)  # the id as the documents carry it
-    assert all(split_hash(d, 0) >= threshold for d in train)
+    assert all(split_hash(d, 0) >= top for d in test)  # test: the top of the hash range
+    assert all(threshold <= split_hash(d, 0) < top for d in train)
+    # the tokenizer's training sample never saw a held-out document
+    meta = json.loads((out / "tokenizer" / "grist_tokenizer.json").read_text())
+    assert meta["sample"]["documents"] <= len(train) + 1  # + the lossy document: sampled, then dropped by encode
+
+
+def test_adding_a_test_split_leaves_validation_unchanged():
+    from stages.tokenize import split_hash, split_of_hash, split_thresholds
+
+    ids = [f"docs/d{i}" for i in range(20000)]
+    before = [split_of_hash(split_hash(d, 0), *split_thresholds(0.1, 0.0)) for d in ids]
+    after = [split_of_hash(split_hash(d, 0), *split_thresholds(0.1, 0.05)) for d in ids]
+    old_rule = ["validation" if split_hash(d, 0) < int(0.1 * 2**64) else "train" for d in ids]  # the rule before test existed
+    assert before == old_rule
+    assert [d for d, s in zip(ids, after) if s == "validation"] == [d for d, s in zip(ids, old_rule) if s == "validation"]
+    assert {b for a, b in zip(after, before) if a == "test"} == {"train"}  # test comes out of train only
+    assert 0.04 < after.count("test") / len(ids) < 0.06
+    with pytest.raises(ValueError, match="sum < 1"):
+        from stages.tokenize import Params
+
+        Params(validation_fraction=0.5, test_fraction=0.5)
 
 
 def test_autotokenizer_agrees_with_sentencepiece_on_every_document(built):
@@ -242,7 +266,7 @@ def test_autotokenizer_agrees_with_sentencepiece_on_every_document(built):
 def test_byte_fallback_rate_is_reported_and_low_for_chinese(built):
     out, docs = built["out"], built["docs"]
     stats = json.loads((out / "stages" / "tok" / "stats.json").read_text())["tokenize"]
-    assert set(stats["splits"]) == {"train", "validation"}
+    assert set(stats["splits"]) == {"train", "validation", "test"}
     for key in ("tokens", "tokens_per_char", "byte_fallback_rate", "sequences"):
         assert stats[key] is not None
     assert stats["sequences"] == sum(s["sequences"] for s in stats["splits"].values())
@@ -308,7 +332,7 @@ def test_resume_after_a_killed_encode_phase(built, tmp_path, cache_env, monkeypa
 
 def test_existing_tokenizer_model_folder_and_hf_only(built, tmp_path, cache_env):
     ref = built["out"]
-    ref_rows = {s: split_stream(ref, s)[0] for s in ("train", "validation")}
+    ref_rows = {s: split_stream(ref, s)[0] for s in ("train", "validation", "test")}
     hf_only = tmp_path / "hf-only"
     hf_only.mkdir()
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
@@ -321,7 +345,7 @@ def test_existing_tokenizer_model_folder_and_hf_only(built, tmp_path, cache_env)
         write_inputs(root / "in", docs)
         out = root / "out"
         run(manifest(root, tokenizer_path=path, **extra), out)
-        for split in ("train", "validation"):
+        for split in ("train", "validation", "test"):
             assert np.array_equal(split_stream(out, split)[0], ref_rows[split])
         meta = json.loads((out / "tokenizer" / "grist_tokenizer.json").read_text())
         assert meta["trained"] is False
@@ -341,10 +365,10 @@ def test_bos_and_forced_validation_on_a_tiny_corpus(built, tmp_path, cache_env):
     root = tmp_path / "tiny"
     docs = [{"id": "a", "text": "第一篇文章。\n\n第二段。"}, {"id": "b", "text": "Second  document."}, {"id": "c", "text": "第三篇。"}]
     write_inputs(root / "in", docs)
-    run(manifest(root, tokenizer_path=str(built["out"] / "tokenizer"), validation_fraction=1e-12, bos=True, seq_len=4), root / "out")
+    run(manifest(root, tokenizer_path=str(built["out"] / "tokenizer"), validation_fraction=1e-12, test_fraction=0, bos=True, seq_len=4), root / "out")
     sp = spm.SentencePieceProcessor(model_file=str(built["out"] / "tokenizer" / "tokenizer.model"))
     index = json.loads((root / "out" / "tokens" / "index.json").read_text())
-    assert len(index["forced_validation"]) == 1 and index["documents"] == {"train": 2, "validation": 1}
+    assert len(index["forced_validation"]) == 1 and index["documents"] == {"train": 2, "validation": 1, "test": 0}
     got = {}
     for split in ("train", "validation"):
         ids, order, table = split_stream(root / "out", split)
@@ -365,7 +389,7 @@ def test_a_one_document_corpus_trains_and_round_trips(tmp_path, cache_env):
     sp = spm.SentencePieceProcessor(model_file=str(root / "out" / "tokenizer" / "tokenizer.model"))
     index = json.loads((root / "out" / "tokens" / "index.json").read_text())
     assert sum(index["documents"].values()) == 1 and index["forced_validation"] == []
-    split = "train" if index["documents"]["train"] else "validation"
+    split = next(s for s, n in index["documents"].items() if n)
     ids, order, _ = split_stream(root / "out", split)
     assert order == [doc_id("only")] and ids[-1] == sp.eos_id() and sp.decode(ids[:-1].tolist()) == text
 
@@ -405,7 +429,7 @@ def test_packing_of_tiny_work_files(tmp_path):
     from pipeline.text import packing
 
     work = tmp_path / "work"
-    streams = {"train": [([5, 6, 7, 2], "d0"), ([8, 2], "d1")], "validation": []}
+    streams = {"train": [([5, 6, 7, 2], "d0"), ([8, 2], "d1")], "validation": [], "test": []}
     for split, docs in streams.items():
         w = packing.WorkWriter(work, split, 0, np.uint16)
         for toks, doc_id in docs:
@@ -414,7 +438,7 @@ def test_packing_of_tiny_work_files(tmp_path):
     w = packing.WorkWriter(work, "train", 1, np.uint16)
     w.write(np.array([9, 9, 9, 2, 4, 2]), ["d2", "d3"], np.array([4, 2]))
     w.close()
-    for split in ("validation",):
+    for split in ("validation", "test"):
         packing.WorkWriter(work, split, 1, np.uint16).close()
     index = packing.write_token_dataset(work, 2, tmp_path / "tokens", seq_len=3, dtype=np.dtype(np.uint16), fingerprint="f" * 64, index_extra={})
     dd = datasets.load_from_disk(str(tmp_path / "tokens"))

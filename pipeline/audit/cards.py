@@ -238,9 +238,11 @@ def add_dataset_info(data, run: RunInfo, stats: dict, tokens: dict | None) -> No
     configs = {"default": {"data_files": [{"split": SPLIT, "path": DATA_GLOB}]}}
     if tokens:
         schema = _arrow_schema(_first_token_shard(run.out_dir, tokens))
-        splits = {s: (sum(sh["bytes"] for sh in v["shards"]), v["sequences"]) for s, v in tokens["splits"].items()}
+        # an empty split (a small corpus's test split) has no files: load_dataset would fail on it
+        present = {s: v for s, v in tokens["splits"].items() if v["sequences"]}
+        splits = {s: (sum(sh["bytes"] for sh in v["shards"]), v["sequences"]) for s, v in present.items()}
         infos["tokens"] = info(Features.from_arrow_schema(schema), splits)
-        configs["tokens"] = {"data_files": [{"split": s, "path": f"tokens/{s}/{SHARD_GLOB}"} for s in tokens["splits"]]}
+        configs["tokens"] = {"data_files": [{"split": s, "path": f"tokens/{s}/{SHARD_GLOB}"} for s in present]}
     DatasetInfosDict(infos).to_dataset_card_data(data)
     MetadataConfigs(configs).to_dataset_card_data(data)
 

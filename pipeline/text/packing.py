@@ -7,10 +7,10 @@ split may be shorter: no padding anywhere) and writes the rows in the on-disk la
 ``DatasetDict.save_to_disk``:
 
     tokens/
-      dataset_dict.json                {"splits": ["train", "validation"]}
+      dataset_dict.json                {"splits": ["train", "validation", "test"]}
       train/data-00000-of-0000N.arrow  Arrow IPC streams, uncompressed: memory-mapped by load_from_disk
       train/state.json, train/dataset_info.json
-      validation/...
+      validation/..., test/...         (test: documents held out from training and validation, for `pipeline eval`)
       index.json                       shards, sequence and token counts, tokenizer hash, seq_len, dtype
 
 Rows: ``input_ids`` (list of uint16, or uint32 when the vocabulary needs it), ``doc_ids``
@@ -35,7 +35,7 @@ import pyarrow as pa
 from pipeline.common import storage
 from pipeline.io.export import write_dataset_metadata
 
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "test")
 DEFAULT_SHARD_BYTES = 512 << 20
 BATCH_BYTES = 8 << 20  # tokens per record batch, in bytes (~4096 rows of 1024 uint16 tokens)
 INDEX_FORMAT = "grist.tokens/1"

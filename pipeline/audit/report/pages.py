@@ -8,6 +8,7 @@ import re
 
 from pipeline.audit.report import svg
 from pipeline.audit.report.html import Safe, esc, join, kv_table, link, num, page, render, section, table, value
+from pipeline.audit.report.training import eval_section
 
 OUTPUT_PAGE = "output.html"
 TRAINING_PAGE = "training.html"
@@ -335,17 +336,18 @@ def training_page(facts: dict, runs: list[dict], generated: str) -> str:
             plots.append(svg.line_chart({key: tuple(zip(*curves[key]))}, title=key, xlabel="step", width=400, height=180))
         summary = run["summary"]
         scalars = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
-        nested = {k: v for k, v in summary.items() if isinstance(v, (dict, list))}
+        nested = {k: v for k, v in summary.items() if isinstance(v, (dict, list)) and k != "eval"}  # eval: its own tables
         parts.append(
             section(
                 "run-" + re.sub(r"[^A-Za-z0-9_-]", "_", run["name"]),
                 f"Run {run['name']}",
                 render(
-                    '<p class="muted">$path ($n records logged)</p><h3>Scores and summary</h3><div class="scores">$s</div>$nested<h3>Curves</h3><div class="plots">$p</div>$gen',
+                    '<p class="muted">$path ($n records logged)</p><h3>Scores and summary</h3><div class="scores">$s</div>$nested$eval<h3>Curves</h3><div class="plots">$p</div>$gen',
                     path=run["path"],
                     n=run["steps_logged"],
                     s=kv_table(scalars) if scalars else esc("no metrics.json"),
                     nested=join(render("<h4>$k</h4>$v", k=k, v=value(v)) for k, v in nested.items()),
+                    eval=eval_section(run),
                     p=join(Safe(p) for p in plots) if plots else esc("no metrics.jsonl"),
                     gen=render("<h3>Generated samples</h3>$t", t=table(["step", "prompt", "generated"], [[s["step"], s["prompt"], s["text"]] for s in run["samples"]], cls="samples")) if run.get("samples") else Safe(""),
                 ),

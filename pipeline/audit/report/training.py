@@ -5,6 +5,11 @@ Pretraining (``pipeline train``) and fine-tuning runs share the layout; whatever
 (a confusion matrix) as a matrix, nested objects as sub-tables. A run directory whose
 sub-directories hold their own ``metrics.json`` (a fine-tuning run inside a pretraining run)
 contributes those too.
+
+Evaluations (``pipeline eval``, ``pipeline/train/evaluate.py``) are read from the run's
+``eval/*.json`` and ``metrics.json``'s ``eval`` key into ``run["eval"]``; ``eval_section`` renders
+them as tables (loss, generation metrics, classifier scores, generated samples), every value
+escaped by ``html.table``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 from pathlib import Path
 
 from pipeline.audit.report.facts import ReportError
+from pipeline.audit.report.html import Safe, join, render, table
 
 MAX_POINTS = 600  # points per curve: long runs are thinned evenly, the last point is kept
 
@@ -73,7 +79,55 @@ def run_facts(run_dir: Path) -> dict:
         "curves": _curves(records),
         "steps_logged": len(records),
         "samples": [{k: r.get(k) for k in ("step", "prompt", "text")} for r in samples if r.get("step") == last],  # the model's last generations
+        "eval": eval_results(run_dir, summary),
     }
+
+
+def eval_results(run_dir: Path, summary: dict) -> list[dict]:
+    """The run's evaluations, by name: ``eval/<name>.json`` files, then ``metrics.json``'s
+    ``eval`` entries they do not already give (a later training run rewrites metrics.json)."""
+    found: dict[str, dict] = {}
+    folder = Path(run_dir) / "eval"
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.json")):
+            try:
+                rec = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError:
+                continue  # a damaged file: the metrics.json copy, if any, is used
+            if isinstance(rec, dict):
+                found[str(rec.get("name") or path.stem)] = rec
+    for name, rec in (summary.get("eval") or {}).items() if isinstance(summary.get("eval"), dict) else ():
+        if isinstance(rec, dict):
+            found.setdefault(str(name), rec)
+    return [{**rec, "name": name} for name, rec in sorted(found.items())]
+
+
+def _r(v, digits: int = 4):
+    return round(v, digits) if isinstance(v, float) else v
+
+
+def eval_section(run: dict) -> Safe:
+    """Tables of a run's evaluations (empty when it has none)."""
+    results = run.get("eval") or []
+    if not results:
+        return Safe("")
+    parts = []
+    lm = [r for r in results if r.get("task") in ("lm", "sft") and r.get("loss") is not None]
+    if lm:
+        rows = [[r["name"], r.get("task"), r.get("data"), r.get("split") or "-", _r(r.get("loss")), _r(r.get("ppl"), 2), r.get("tokens"), _r(r.get("bits_per_byte")), r.get("note") or ""] for r in lm]
+        parts.append(render("<h4>Loss and perplexity</h4>$t", t=table(["name", "task", "data", "split", "loss (nats/token)", "perplexity", "tokens", "bits/byte", "note"], rows, numeric=(4, 5, 6, 7), cls="eval-loss")))
+    gen = [r for r in results if isinstance(r.get("generation"), dict)]
+    if gen:
+        rows = [[r["name"], r.get("split") or "-", g.get("examples"), _r(g.get("rouge_l")), _r(g.get("chrf"), 2), _r(g.get("bleu"), 2), g.get("bleu_tokenize"), _r(g.get("exact_match"))] for r in gen for g in [r["generation"]]]
+        parts.append(render("<h4>Generation (greedy, against the references)</h4>$t", t=table(["name", "split", "examples", "ROUGE-L F1", "chrF", "BLEU", "BLEU tokenizer", "exact match"], rows, numeric=(2, 3, 4, 5, 7), cls="eval-generation")))
+    cls = [r for r in results if isinstance(r.get("scores"), dict)]
+    if cls:
+        rows = [[r["name"], r.get("data"), r.get("split") or "-", s.get("examples"), _r(s.get("accuracy")), _r(s.get("macro_f1")), _r(s.get("macro_precision")), _r(s.get("macro_recall")), ", ".join(f"{a}→{b}" for a, b in (r.get("label_map") or {}).items())] for r in cls for s in [r["scores"]]]
+        parts.append(render("<h4>Classifier on other labeled data</h4>$t", t=table(["name", "data", "split", "examples", "accuracy", "macro F1", "macro precision", "macro recall", "labels"], rows, numeric=(3, 4, 5, 6, 7), cls="eval-classification")))
+    samples = [[r["name"], s.get("prompt"), s.get("reference"), s.get("prediction")] for r in gen for s in (r.get("samples") or [])]
+    if samples:
+        parts.append(render("<h4>Generated samples</h4>$t", t=table(["name", "prompt", "reference", "prediction"], samples, cls="samples eval-samples")))
+    return render('<div class="eval" data-section="eval"><h3>Evaluations</h3>$p</div>', p=join(parts))
 
 
 def gather_runs(run_dirs) -> list[dict]:
