@@ -386,26 +386,52 @@ def ablate(
 
 @app.command()
 def generate(
-    run_dir: Path = typer.Argument(..., help="A training run dir (pipeline train --out), its checkpoint/, or a Hugging Face export (RUN/hf)."),
-    prompt: str = typer.Argument(..., help="Text to continue (placed at the start of a new document)."),
+    run_dir: Path = typer.Argument(..., help="A training run dir (pipeline train --out), a fine-tuning out dir, a checkpoint/, a run's export (RUN/hf) or a published Hugging Face model (Llama, Qwen2/3, Mistral: a folder, or a hub id with --revision)."),
+    prompt: Optional[str] = typer.Argument(None, help="Text to continue (placed at the start of a new document). Or give --prompts-file."),
+    prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", help="Prompts, one per line (.txt) or a \"prompt\" field per line (.jsonl), generated in batches."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="How many tokens to add to the prompt (fewer if the model ends the document)."),
     temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="0: greedy."),
     top_k: Optional[int] = typer.Option(50, "--top-k", min=1, help="Sample among the k most likely tokens."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling (after temperature and top-k): the smallest set of most likely tokens holding this much probability, in (0, 1]."),
+    num_return_sequences: int = typer.Option(1, "--num-return-sequences", min=1, help="Continuations per prompt (sequence j draws with seed + j)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts per forward pass (left-padded); the results do not depend on it."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write one JSON record per prompt and sequence (prompt, text, tokens, finish) to this .jsonl file."),
+    chat: bool = typer.Option(False, "--chat", help="Wrap each prompt in the tokenizer's chat template (a user turn, then the assistant's); stops at the end of the turn."),
     seed: int = typer.Option(0, "--seed", help="Seeds the sampling: same seed, same continuation."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="RUN_DIR is a Hugging Face hub id: the commit or tag to fetch (required for a hub id)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, mps."),
 ) -> None:
-    """Continue a prompt with a trained model; prints the prompt and its continuation."""
+    """Continue prompts with a trained or published model; prints each prompt and its continuation."""
     try:
-        from pipeline.train.generate import load_for_generation, prompt_context, sample, strip_eos
+        from pipeline.train.generate import GenerateOptions, generate_texts, load_for_generation, read_prompts
         from pipeline.train.loop import pick_device
     except ImportError as exc:
         _fail(PipelineError(f"generation needs PyTorch ({exc})", hint="pip install torch"))
     try:
-        loaded = load_for_generation(run_dir, pick_device(device))
-        ids = sample(loaded.model, prompt_context(loaded, prompt), max_new_tokens, temperature=temperature, top_k=top_k, seed=seed, eos_id=loaded.eos_id, vocab_limit=loaded.tokenizer.vocab_size)
+        if (prompt is None) == (prompts_file is None):
+            raise PipelineError("give a prompt or --prompts-file" if prompt is None else "give either a prompt or --prompts-file, not both", hint='pipeline generate RUN "Once upon a time", or pipeline generate RUN --prompts-file prompts.txt')
+        opts = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                               num_return_sequences=num_return_sequences, batch_size=batch_size, chat=chat).check()
+        prompts = read_prompts(prompts_file) if prompts_file is not None else [prompt]
+        loaded = load_for_generation(run_dir, pick_device(device), revision=revision)
+        records = generate_texts(loaded, prompts, opts)
     except PipelineError as exc:
         _fail(exc)
-    print(prompt + loaded.tokenizer.decode(strip_eos(ids, loaded.eos_id)))
+    if output is not None:
+        import json
+
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        except OSError as exc:
+            _fail(PipelineError(f"cannot write the output ({exc})", where=str(output), hint="check the path and its permissions"))
+        console.print(f"[green]done[/] {len(records)} generation(s) written to {_escape(str(output))}")
+        return
+    single = len(records) == 1
+    for r in records:
+        if not single:
+            print(f"--- prompt {r['index'] + 1}, sequence {r['sequence'] + 1} ({r['finish']}) ---")
+        print(r["text"] if chat else r["prompt"] + r["text"])
 
 
 @app.command("eval")
