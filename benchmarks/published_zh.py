@@ -29,19 +29,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "corpora"
 sys.path.insert(0, str(REPO))
 
-REVIEWS = """\
-  - {name: reviews, kind: local, paths: [reviews.jsonl], id_field: id, task: classification, label_field: label, license: MIT}
-"""
 MANIFEST = """\
 name: {name}
 sources:
   - {{name: wiki, kind: local, paths: ['wiki/*.jsonl'], id_field: id, license: CC-BY-SA-3.0}}
-""" + REVIEWS + """\
+  - {{name: reviews, kind: local, paths: [reviews.jsonl], id_field: id, task: classification, label_field: label, license: MIT}}
 stages:
   - {{name: tok, stage: tokenize, inputs: [wiki], params: {tok}}}
   - {{name: rclean, stage: clean, inputs: [reviews], params: {{min_chars: 2}}}}
-  - {{name: rdedup, stage: dedup, params: {{exact: true, near: false}}}}
-  - {{name: sentiment, stage: finetune_data, inputs: [rdedup, tok], params: {{task: classification, max_len: 128}}}}
+  - {{name: sentiment, stage: finetune_data, inputs: [rclean, tok], params: {{task: classification, max_len: 128, label_conflicts: drop, duplicates: drop}}}}
 """
 
 

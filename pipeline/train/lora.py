@@ -14,7 +14,7 @@ from pipeline.train import TrainError
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def apply(model: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.05, targets: list[str] | None = None) -> nn.Module:
+def apply(model: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0, targets: list[str] | None = None) -> nn.Module:
     """Inject adapters into ``model`` in place; only they stay trainable. Returns the model."""
     try:
         from peft import LoraConfig, inject_adapter_in_model
