@@ -315,7 +315,7 @@ class FinetuneData(Stage):
                 where=f"{where} params.tokenizer_sha256",
                 hint="the tokenizer changed: point at the pretraining run's tokenizer, or update the pin",
             )
-        template = _read_template(src)
+        template = read_template(src)
         if grist:
             tmp = dest.with_name(f".{dest.name}.tmp")
             storage.remove_tree(tmp)
@@ -334,7 +334,7 @@ class FinetuneData(Stage):
                 tkz.write_tokenizer_dir(dest, sp_model=model, meta={**meta, **_sp_meta(model), "hf_agreement": None})
             else:
                 tkz.write_tokenizer_dir(dest, hf_dir=src, meta={**meta, "kind": "hf", "model_type": None, "hf_agreement": None})
-        if template is not None and _read_template(dest) != template:  # a chat_template.jinja, or a SentencePiece install (its config is regenerated)
+        if template is not None and read_template(dest) != template:  # a chat_template.jinja, or a SentencePiece install (its config is regenerated)
             (dest / CHAT_TEMPLATE_FILE).write_text(template, encoding="utf-8")
         tokens_index = src.parent / "tokens" / "index.json" if grist else None
         return _special_ids(dest, tokens_index)
@@ -352,7 +352,7 @@ def _special_ids(tok_dir: Path, tokens_index: Path | None) -> dict:
 
 
 # ----------------------------------------------------------------------------- chat template
-def _read_template(folder: Path) -> str | None:
+def read_template(folder: Path) -> str | None:
     """The folder's chat template: ``chat_template.jinja``, else ``chat_template.json``'s or
     ``tokenizer_config.json``'s ``chat_template`` (a string, or a list of named templates: the one
     named "default")."""
@@ -369,7 +369,7 @@ def _read_template(folder: Path) -> str | None:
 
 def _chat_template(tok_dir: Path) -> dict | None:
     """{"sha256": of the template's UTF-8 text} when the tokenizer folder has a chat template."""
-    text = _read_template(tok_dir)
+    text = read_template(tok_dir)
     return {"sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()} if text is not None else None
 
 
@@ -387,7 +387,7 @@ class ChatRenderer:
 
         self.tok = tok
         self.hf = AutoTokenizer.from_pretrained(str(tok_dir))
-        self.template = _read_template(tok_dir)
+        self.template = read_template(tok_dir)
         self.special = _special_tokens(tok_dir, tok)
         self._pattern = re.compile("|".join(re.escape(s) for s in sorted(self.special, key=len, reverse=True))) if self.special else None
         self.where = f"the chat template of {tok_dir}"

@@ -19,10 +19,6 @@ from pipeline.train.hf_import import (
 )
 from pipeline.train.model import KVCache
 
-
-def load_imported(path):
-    return load_model(path)[0]
-
 TOL = 1e-4
 
 CASES = {
@@ -58,7 +54,7 @@ def test_imported_decoder_logits_match_transformers(tmp_path, case):
     path = make_tiny_checkpoint(tmp_path / case, family, **overrides)
     idx = _idx()
     ref = _reference(path, idx)
-    model = load_imported(path).eval()
+    model = load_model(path)[0].eval()
     with torch.no_grad():
         got = model(idx)
     err = (got - ref).abs().max().item()
@@ -71,7 +67,7 @@ def test_kv_cache_and_batched_positions_match_full_forward(tmp_path, case):
     """Generation paths (one prefill then token by token; left-padded batch with positions and a
     mask) give the full forward's logits on a GQA model."""
     family, overrides = CASES[case]
-    model = load_imported(make_tiny_checkpoint(tmp_path / case, family, **overrides)).eval()
+    model = load_model(make_tiny_checkpoint(tmp_path / case, family, **overrides))[0].eval()
     idx = _idx(T=20)
     with torch.no_grad():
         full = model(idx)
@@ -112,13 +108,13 @@ def test_unimplemented_rope_refused(tmp_path):
     path = make_tiny_checkpoint(tmp_path / "y", "llama", rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
                                                                            "original_max_position_embeddings": 32})
     with pytest.raises(TrainError, match="yarn"):
-        load_imported(path)
+        load_model(path)[0]
 
 
 @pytest.mark.parametrize("which", ["imported", "transformers"])
 def test_training_lowers_the_loss(tmp_path, which):
     path = make_tiny_checkpoint(tmp_path / "t", "qwen2")
-    model = load_imported(path) if which == "imported" else HFCausalLM.from_pretrained(path)
+    model = load_model(path)[0] if which == "imported" else HFCausalLM.from_pretrained(path)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     x = _idx(T=33)
@@ -136,7 +132,7 @@ def test_wrapper_matches_imported_decoder_loss(tmp_path):
     path = make_tiny_checkpoint(tmp_path / "w", "mistral")
     x = _idx(T=33)
     with torch.no_grad():
-        _, a = load_imported(path)(x[:, :-1], x[:, 1:])
+        _, a = load_model(path)[0](x[:, :-1], x[:, 1:])
         _, b = HFCausalLM.from_pretrained(path)(x[:, :-1], x[:, 1:])
     assert abs(a.item() - b.item()) < 1e-5
 

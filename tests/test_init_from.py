@@ -95,7 +95,7 @@ def test_hub_id_needs_a_revision_and_is_fetched_at_it(setup, monkeypatch):
 
     from pipeline.train import hf_import
 
-    with pytest.raises(TrainError, match="pin a revision"):
+    with pytest.raises(TrainError, match="needs a pinned revision"):
         hf_import.resolve("someorg/tiny-model", None)
     calls = []
 
@@ -123,3 +123,37 @@ def test_gradient_checkpointing_gives_the_same_gradients(setup):
         loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_damaged_model_folders_are_clear_errors(setup, tmp_path):
+    import shutil
+
+    from pipeline.train.hf_import import load_model
+
+    cases = {
+        "bad-json": lambda d: (d / "config.json").write_text("{not json"),
+        "missing-key": lambda d: (d / "config.json").write_text(json.dumps({k: v for k, v in json.loads((d / "config.json").read_text()).items() if k != "num_attention_heads"})),
+        "truncated": lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]),
+        "wrong-shape": lambda d: (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()), "hidden_size": 96})),
+    }
+    for name, damage in cases.items():
+        d = tmp_path / name
+        shutil.copytree(setup["model"], d)
+        damage(d)
+        with pytest.raises(TrainError) as err:
+            load_model(d)
+        assert "download it again" in err.value.hint, name
+    proc = run_cli("train", "--shards", str(setup["out"]), "--init-from", str(tmp_path / "truncated"), "--out", str(tmp_path / "r"), "--max-steps", "1", env=ENV)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "cannot read the weights" in proc.stderr
+
+
+def test_resume_keeps_the_runs_own_settings(setup, tmp_path):
+    run_dir = tmp_path / "run"
+    base = ["train", "--shards", str(setup["out"]), "--out", str(run_dir), "--eval-every", "0", "--device", "cpu", "--samples", "0", "--no-export"]
+    assert run_cli(*base, "--init-from", str(setup["model"]), "--max-steps", "2", "--lr", "1e-4", "--batch-size", "2", env=ENV).returncode == 0
+    proc = run_cli(*base, "--resume", "--max-steps", "3", env=ENV)  # no --init-from, --lr, --batch-size: the checkpoint's
+    assert proc.returncode == 0, proc.stderr
+    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    assert state["train"]["lr"] == 1e-4 and state["train"]["init_from"] == str(setup["model"]) and state["step"] == 3
+    proc = run_cli(*base, "--resume", "--max-steps", "4", "--init-from", str(tmp_path / "elsewhere"), env=ENV)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr

@@ -169,6 +169,21 @@ def run_lock(shards: str | Path) -> Path | None:
     return None
 
 
+SAVED_LAYER = "the checkpoint's own settings"
+
+
+def saved_train(out_dir: str | Path) -> dict | None:
+    """The train settings saved in ``out_dir/checkpoint/state.json`` (section keys only)."""
+    import json
+
+    path = Path(out_dir) / "checkpoint" / "state.json"
+    try:
+        train = json.loads(path.read_text(encoding="utf-8")).get("train") or {}
+    except (OSError, ValueError, AttributeError):
+        return None  # no or damaged checkpoint: train() says so with its own message
+    return {k: v for k, v in train.items() if k in SECTION_KEYS and k != "model"}
+
+
 def build_config(data: str | Path, out_dir: str | Path, *, config: str | Path | None = None, flags: dict | None = None, model_flags: list[str] | None = None) -> tuple[TrainConfig, list[str]]:
     """The effective TrainConfig and the files it was read from (lowest precedence first).
     ``flags`` holds only options the user passed (``None`` values are dropped)."""
@@ -185,6 +200,9 @@ def build_config(data: str | Path, out_dir: str | Path, *, config: str | Path | 
     if unknown:  # a programming error in the caller, not user input
         raise TrainError(f"unknown train option {unknown[0]!r}", hint=f"allowed: {', '.join(SECTION_KEYS)}")
     model_cli = parse_model_flags(model_flags)
+    saved = saved_train(out_dir) if given.get("resume") else None
+    if saved:  # a resumed run keeps its own settings (learning rate, batch, init_from, ...); flags still win
+        layers.append((SAVED_LAYER, saved))
     layers.append(("command line", {**given, **({"model": model_cli} if model_cli else {})}))
 
     merged: dict = {}
@@ -193,7 +211,7 @@ def build_config(data: str | Path, out_dir: str | Path, *, config: str | Path | 
     chosen = next((v["preset"] for _, v in reversed(layers) if "preset" in v), TrainConfig.preset)
     init_from = next((v["init_from"] for _, v in reversed(layers) if v.get("init_from")), None)
     if init_from:
-        shaped = [w for w, v in layers if v.get("model") or "preset" in v]
+        shaped = [w for w, v in layers if w != SAVED_LAYER and (v.get("model") or "preset" in v)]
         if shaped:
             raise TrainError(f"init_from {init_from} fixes the architecture: preset / model settings cannot change it", where=shaped[0], hint="drop preset and model: (or drop init_from to train from scratch)")
         layers.insert(0, ("init_from defaults", INIT_FROM_TRAIN_DEFAULTS))

@@ -110,13 +110,28 @@ def read_texts(path: Path, name: str = "eval", error=TrainError, field_name: str
     """The non-empty ``text`` fields of a record file (``.txt``: one document per line)."""
     from pipeline.io.formats.records import detect_format, iter_records
 
+    bad = None  # (what, where, hint) of the first record that cannot be scored
+    texts = []
     try:
         fmt = detect_format(str(path))
-        texts = [rec[field_name] for status, rec, _ in iter_records(path, fmt, txt_mode="lines") if status == "ok" and isinstance(rec.get(field_name), str) and rec[field_name].strip()]
+        for status, rec, where in iter_records(path, fmt, txt_mode="lines"):
+            # a score over part of a file would read as a score over the file: a bad record stops it
+            value = rec.get(field_name) if status == "ok" and isinstance(rec, dict) else None
+            if status != "ok":
+                bad = (f"a record cannot be read ({rec})", where, "fix or remove that record")
+            elif not isinstance(value, str):
+                bad = (f"a record has no {field_name!r} text field", where, f"every record needs a {field_name!r} string (.txt: one document per line)")
+            if bad:
+                break
+            if value.strip():
+                texts.append(value)
     except PipelineError as exc:
         raise error(f"eval set {name!r}: {exc.what}", where=str(path), hint=exc.hint) from None
     except (OSError, ValueError) as exc:
         raise error(f"eval set {name!r}: cannot read it ({exc})", where=str(path), hint=TEXT_HINT) from None
+    if bad:
+        at = ", ".join(f"{k} {v}" for k, v in bad[1].items()) if isinstance(bad[1], dict) else str(bad[1])
+        raise error(f"eval set {name!r}: {bad[0]}", where=f"{path} ({at})", hint=bad[2])
     if not texts:
         raise error(f"eval set {name!r} has no documents with a {field_name} field", where=str(path), hint=f"records need a non-empty {field_name!r} field (.txt: one document per line)")
     return texts

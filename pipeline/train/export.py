@@ -217,7 +217,7 @@ def model_card(state: dict, model: Transformer, run_dir: Path) -> str:
     datasets = [s["dataset"] if s.get("kind") == "hf" and s.get("dataset") else s["name"] for s in sources] or None
     if origin:  # the base model's license governs its weights: keep its terms, add our data's below
         lic = {k: base[k] for k in ("license", "license_name", "license_link") if base.get(k)} or {"license": "unknown"}
-        tags = list(dict.fromkeys([*(base.get("tags") or []), "grist", "continued-pretraining"]))
+        tags = list(dict.fromkeys([*_as_list(base.get("tags")), "grist", "continued-pretraining"]))
         data = ModelCardData(**lic, library_name="transformers", pipeline_tag="text-generation", tags=tags, datasets=datasets,
                              language=sorted(set(languages) | set(_as_list(base.get("language")))) or None, base_model=origin["source"])
     else:

@@ -234,7 +234,7 @@ def load_base(path: str | Path, revision: str | None = None) -> tuple[Transforme
         return load_published(str(path), revision)
     state_path, weights_path = ckpt / "state.json", ckpt / "model.safetensors"
     if not state_path.is_file() or not weights_path.is_file():
-        raise TrainError("no checkpoint here (state.json + model.safetensors)", where=str(ckpt), hint="--init-from: a pretraining run dir (pipeline train --out) or its checkpoint/ folder")
+        raise TrainError("no checkpoint here (state.json + model.safetensors)", where=str(ckpt), hint="--init-from: a pretraining run dir (pipeline train --out) or its checkpoint/ folder, or a Hugging Face model folder (config.json + safetensors)")
     try:
         state = json.loads(state_path.read_text(encoding="utf-8"))
         cfg = ModelConfig(**state["model"]).validate()
@@ -440,6 +440,8 @@ def finetune(config: FinetuneConfig | dict, on_step=None, progress: bool = False
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(0.06 * total))
     has_val = len(splits["validation"]) > 0
+    if cfg.patience is not None and not has_val:
+        raise TrainError("patience (early stopping) needs a validation split, and these examples have none", where=str(ft_dir), hint="raise finetune_data's validation_fraction, or drop patience")
 
     def evaluate(split: str) -> dict:
         if task == "classification":
@@ -571,7 +573,7 @@ def _base_record(ckpt: Path, state: dict) -> dict:
     if origin and (ckpt / "config.json").is_file() and not (ckpt / "state.json").is_file():  # a published model
         from pipeline.text.tokenizer import dir_sha256
 
-        return {"checkpoint": origin["source"], "revision": origin.get("revision"), "sha256": dir_sha256(origin["files"]), "step": None, "published": True}
+        return {"checkpoint": origin["source"], "revision": origin.get("commit") or origin.get("revision"), "sha256": dir_sha256(origin["files"]), "step": None, "published": True}
     return {"checkpoint": str(ckpt), "sha256": file_digests(ckpt / "model.safetensors")["sha256"], "step": state.get("step")}
 
 

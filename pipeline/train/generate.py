@@ -393,10 +393,10 @@ def prompt_context(loaded: Loaded, prompt: str) -> list[int]:
 def chat_folder(loaded: Loaded) -> Path | None:
     """The first of the model's folders whose tokenizer has a chat template (``chat_template.jinja``,
     ``chat_template.json`` or tokenizer_config.json's ``chat_template``)."""
-    from stages.finetune_data import _read_template
+    from stages.finetune_data import read_template
 
     for f in loaded.folders:
-        if ((f / "tokenizer.json").is_file() or (f / "tokenizer.model").is_file()) and _read_template(f) is not None:
+        if ((f / "tokenizer.json").is_file() or (f / "tokenizer.model").is_file()) and read_template(f) is not None:
             return f
     return None
 

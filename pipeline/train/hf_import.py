@@ -56,14 +56,32 @@ class ImportSpec:
     eos_token_id: int | list | None = None
 
 
+DAMAGED = "the model folder is damaged or incomplete: download it again"
+
+
 def read_config(path: str | Path) -> dict:
     f = Path(path) / "config.json"
     if not f.is_file():
-        raise TrainError(f"{path} has no config.json", where="--init-from", hint="give a Hugging Face model folder")
-    return json.loads(f.read_text())
+        raise TrainError(f"{path} has no config.json", where=str(path), hint="give a Hugging Face model folder")
+    try:
+        config = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TrainError(f"config.json is not readable JSON ({exc})", where=str(f), hint=DAMAGED) from None
+    if not isinstance(config, dict):
+        raise TrainError("config.json is not a JSON object", where=str(f), hint=DAMAGED)
+    return config
 
 
-def spec_from_config(c: dict) -> ImportSpec:
+def spec_from_config(c: dict, where: str = "config.json") -> ImportSpec:
+    try:
+        return _spec(c)
+    except KeyError as exc:
+        raise TrainError(f"config.json lacks {exc.args[0]!r}", where=where, hint=DAMAGED) from None
+    except (TypeError, ValueError) as exc:
+        raise TrainError(f"config.json has a value of the wrong type ({exc})", where=where, hint=DAMAGED) from None
+
+
+def _spec(c: dict) -> ImportSpec:
     mt = c.get("model_type")
     if mt not in MODEL_TYPES:
         raise TrainError(f"model_type {mt!r} is not a supported decoder", where="--init-from", hint=f"supported: {', '.join(MODEL_TYPES)}")
@@ -123,16 +141,23 @@ def model_config(spec: ImportSpec) -> ModelConfig:
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors (one model.safetensors or shards listed in its index), float32."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     index = path / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    try:
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TrainError(f"unreadable safetensors index ({type(exc).__name__}: {exc})", where=str(index), hint=DAMAGED) from None
     state: dict[str, torch.Tensor] = {}
     for name in files:
         if not (path / name).is_file():
-            raise TrainError(f"{path} has no {name}", where="--init-from", hint="only safetensors checkpoints are read")
-        state.update(load_file(str(path / name)))
+            raise TrainError(f"{path} has no {name}", where=str(path), hint="only safetensors checkpoints are read (no .bin / pickle): " + DAMAGED)
+        try:
+            state.update(load_file(str(path / name)))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise TrainError(f"cannot read the weights ({type(exc).__name__}: {exc})", where=str(path / name), hint=DAMAGED) from None
     return {k: v.float() for k, v in state.items()}
 
 
@@ -146,16 +171,19 @@ def _native_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def load_model(path: str | Path) -> tuple[Transformer, ImportSpec]:
     """Our Transformer holding the checkpoint's weights (float32), and what its config says."""
     path = Path(path)
-    spec = spec_from_config(read_config(path))
+    spec = spec_from_config(read_config(path), str(path / "config.json"))
     cfg = model_config(spec)
     with torch.device("meta"):  # no random init and no second copy: the checkpoint's tensors become the parameters
         model = Transformer(cfg)
     state = _native_names(load_state(path))
     if spec.tied:
         state.pop("lm_head.weight", None)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as exc:  # shapes that do not fit the config
+        raise TrainError(f"the weights do not fit config.json ({str(exc).splitlines()[0][:300]} ...)", where=str(path), hint="the folder mixes files of different models: " + DAMAGED) from None
     if missing or unexpected:
-        raise TrainError(f"the weights do not match the config: missing {missing[:4]}, unexpected {unexpected[:4]}", where=str(path), hint="the folder mixes files of different models: download it again")
+        raise TrainError(f"the weights do not match the config: missing {missing[:4]}, unexpected {unexpected[:4]}", where=str(path), hint="the folder mixes files of different models: " + DAMAGED)
     return model, spec
 
 
@@ -175,11 +203,13 @@ def resolve(init_from: str, revision: str | None = None) -> tuple[Path, dict]:
     if not is_hub_id(str(init_from)):
         raise TrainError("not a folder and not a hub id (org/name)", where=f"--init-from {init_from}", hint="give a local model folder or a Hugging Face hub id such as Qwen/Qwen2.5-0.5B with --revision")
     if not revision:
-        raise TrainError(f"{init_from} is a hub id: pin a revision", where="--init-from", hint="add --revision <commit sha or tag> (what you train from must not change under you)")
+        raise TrainError(f"{init_from} is not a folder here; as a hub id it needs a pinned revision", where="--init-from",
+                         hint="check the path, or add --revision <commit sha or tag> for the hub (what you train from must not change under you)")
     try:
         from huggingface_hub import snapshot_download
 
-        folder = Path(snapshot_download(str(init_from), revision=revision, allow_patterns=HUB_PATTERNS))
+        # consolidated*.safetensors: Mistral's repos also ship the weights in their own layout (a second copy)
+        folder = Path(snapshot_download(str(init_from), revision=revision, allow_patterns=HUB_PATTERNS, ignore_patterns=["consolidated*"]))
     except Exception as exc:  # network, unknown repo or revision, gated model
         raise TrainError(f"cannot fetch {init_from}@{revision} from the Hugging Face hub ({type(exc).__name__}: {exc})", where="--init-from",
                          hint="check the id, the revision, network access and HF_TOKEN for gated models; or download the folder and give its path") from None

@@ -342,6 +342,9 @@ def train(config: TrainConfig | dict, on_step=None, on_log=None) -> dict:
         check_compatible(state, train_stream.seq_len, tok_hash, str(ckpt))
         mcfg = ModelConfig(**state["model"])
         origin = state.get("init_from")
+        if cfg.init_from and (not origin or cfg.init_from != origin.get("source")):
+            was = f"started from {origin['source']}" if origin else "was trained from scratch"
+            raise TrainError(f"--init-from {cfg.init_from} with --resume: this run {was}", where=str(ckpt), hint="resume without --init-from (or with the same one), or start a new out_dir")
         T = state["T"]
     elif cfg.init_from:
         weights, mcfg, origin = import_model(cfg, train_stream.index, str(tokens_dir / "index.json"))
@@ -349,7 +352,7 @@ def train(config: TrainConfig | dict, on_step=None, on_log=None) -> dict:
         vocab = {} if "vocab_size" in cfg.model else {"vocab_size": padded_vocab(vocab_size(tokens_dir))}
         mcfg = preset(cfg.preset, **{**vocab, "max_seq_len": T, **cfg.model})
     if T > mcfg.max_seq_len:
-        raise TrainError(f"seq_len {T} exceeds the model's max_seq_len {mcfg.max_seq_len}", hint="lower seq_len or raise model.max_seq_len")
+        raise TrainError(f"seq_len {T} exceeds the model's max_seq_len {mcfg.max_seq_len}", hint="lower seq_len" + ("" if cfg.init_from else " or raise model.max_seq_len"))
     use_tb = tensorboard_wanted(cfg.tensorboard)
 
     d, device = dist_setup(pick_device(cfg.device))
