@@ -157,3 +157,45 @@ def test_resume_keeps_the_runs_own_settings(setup, tmp_path):
     assert state["train"]["lr"] == 1e-4 and state["train"]["init_from"] == str(setup["model"]) and state["step"] == 3
     proc = run_cli(*base, "--resume", "--max-steps", "4", "--init-from", str(tmp_path / "elsewhere"), env=ENV)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
+
+
+def test_the_whole_loop_curate_continue_finetune_evaluate_report(setup, tmp_path):
+    """Issue 15's 'done when', small: curated data tokenized with a published model's tokenizer,
+    the model continued on it, fine-tuned for SFT with LoRA from the continued export, evaluated
+    with generation metrics, and all of it in the report."""
+    root = tmp_path
+    pairs = [{"id": f"p{i}", "instruction": f"重复：{CORPUS[i % len(CORPUS)][:12]}", "response": CORPUS[i % len(CORPUS)][:12]} for i in range(60)]
+    (root / "pairs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pairs), encoding="utf-8")
+    _docs(root / "in")
+    model = json.dumps(str(setup["model"]))
+    (root / "m.yaml").write_text(
+        "name: loop\n"
+        "sources:\n"
+        "  - {name: docs, kind: local, paths: ['in/*.jsonl'], license: CC-BY-SA-3.0, id_field: id}\n"
+        "  - {name: pairs, kind: local, paths: [pairs.jsonl], id_field: id, task: sft, instruction_field: instruction, response_field: response, license: MIT}\n"
+        "stages:\n"
+        f"  - {{name: tok, stage: tokenize, inputs: [docs], params: {{tokenizer_path: {model}, seq_len: 32, validation_fraction: 0.1, test_fraction: 0.1}}}}\n"
+        f"  - {{name: sft, stage: finetune_data, inputs: [pairs], params: {{task: sft, max_len: 64, tokenizer_path: {model}, test_fraction: 0.2, validation_fraction: 0.1}}}}\n",
+        encoding="utf-8",
+    )
+    out = root / "out"
+    proc = run_cli("run", str(root / "m.yaml"), "--out", str(out), "--no-progress", "--workers", "1", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    common = ["--device", "cpu", "--eval-every", "0"]
+    proc = run_cli("train", "--shards", str(out), "--init-from", str(setup["model"]), "--out", str(root / "cont"), "--max-steps", "4", "--samples", "0", *common, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("train", "--finetune", "sft", "--shards", str(out / "stages" / "sft"), "--init-from", str(root / "cont" / "hf"), "--out", str(root / "sft"),
+                   "--lora", "--epochs", "1", "--batch-size", "8", "--device", "cpu", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("eval", str(root / "cont"), "--data", str(out), env=ENV)  # loss / perplexity on the test split
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("eval", str(root / "sft"), "--max-new-tokens", "8", env=ENV)  # generation metrics on the SFT test split
+    assert proc.returncode == 0, proc.stderr
+    sft_metrics = json.loads((root / "sft" / "finetune" / "metrics.json").read_text())
+    gen = json.dumps(sft_metrics["eval"])
+    assert all(f'"{k}"' in gen for k in ("rouge_l", "chrf", "bleu", "exact_match")), gen[:500]
+    proc = run_cli("report", str(out), "--train", str(root / "cont"), "--train", str(root / "sft"), env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    html = (out / "report" / "training.html").read_text()
+    for needle in ("base_model", "tiny-qwen2", "apache-2.0", "rouge", "chrF", "perplexity"):
+        assert needle.lower() in html.lower(), needle
