@@ -69,7 +69,7 @@ from pipeline.core.stage import REMOVED_SCHEMA, NodeContext, Stage, merge_stats,
 from pipeline.exec.task_sync import ensure_local
 from pipeline.io.export import write_dataset_metadata
 from pipeline.text import tokenizer as tkz
-from stages.tokenize import split_hash
+from stages.tokenize import split_hash, tokenizer_source
 
 SPLITS = ("train", "validation", "test")
 INDEX_FORMAT = "grist.finetune/1"
@@ -226,23 +226,7 @@ class FinetuneData(Stage):
 
     # ------------------------------------------------------------------------- tokenizer
     def _source(self, rctx) -> tuple[Path | None, str | None]:
-        """(local path, hub id) of ``tokenizer_path``; hub ids need ``revision``."""
-        p: Params = self.params
-        if not p.tokenizer_path:
-            return None, None
-        manifest = getattr(rctx, "manifest", None)
-        base = Path(manifest.path).parent if manifest is not None and getattr(manifest, "path", None) else Path.cwd()
-        src = Path(p.tokenizer_path).expanduser()
-        src = src if src.is_absolute() else base / src
-        if not src.exists() and tkz.HUB_ID.match(p.tokenizer_path):
-            if not p.revision:
-                raise StageError(
-                    f"{p.tokenizer_path!r} is not a local path: as a hub model id it needs revision",
-                    where=f"node {self.node!r} ({self.name}) params.tokenizer_path",
-                    hint="set revision: a commit sha (or a tag) of the hub repository, so the run can be repeated",
-                )
-            return None, p.tokenizer_path
-        return src, None
+        return tokenizer_source(self.params.tokenizer_path, self.params.revision, rctx, f"node {self.node!r} ({self.name}) params.tokenizer_path")
 
     def resolve(self, rctx) -> dict | None:
         """Pin ``tokenizer_path`` in the fingerprint: a folder by its tokenizer files, a hub id by its revision."""

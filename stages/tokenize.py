@@ -205,20 +205,7 @@ class Tokenize(Stage):
 
     # ------------------------------------------------------------------------- identity
     def _source(self, rctx) -> tuple[Path | None, str | None]:
-        """(local path, hub id) of ``tokenizer_path``; hub ids need ``revision``."""
-        p: Params = self.params
-        where = f"node {self.node!r} ({self.name}) params.tokenizer_path"
-        if not p.tokenizer_path:
-            return None, None
-        manifest = getattr(rctx, "manifest", None)
-        base = Path(manifest.path).parent if manifest is not None and getattr(manifest, "path", None) else Path.cwd()
-        src = Path(p.tokenizer_path).expanduser()
-        src = src if src.is_absolute() else base / src
-        if not src.exists() and tkz.HUB_ID.match(p.tokenizer_path):
-            if not p.revision:
-                raise StageError(f"{p.tokenizer_path!r} is not a local path: as a hub model id it needs revision", where=where, hint="set revision: a commit sha (or a tag) of the hub repository, so the run can be repeated")
-            return None, p.tokenizer_path
-        return src, None
+        return tokenizer_source(self.params.tokenizer_path, self.params.revision, rctx, f"node {self.node!r} ({self.name}) params.tokenizer_path")
 
     def resolve(self, rctx) -> dict | None:
         """Pin a given tokenizer in the fingerprint: a local folder by the sha256 of its tokenizer
@@ -317,6 +304,22 @@ class Tokenize(Stage):
         if meta["hf_agreement"]["mismatches"]:
             ctx.run.console.log(f"\\[{self.node}] WARNING: tokenizer.json disagrees with SentencePiece on {meta['hf_agreement']['mismatches']} of {meta['hf_agreement']['documents']} documents")
         tkz.write_tokenizer_dir(tok_dir, sp_model=model, meta=meta)
+
+
+def tokenizer_source(tokenizer_path: str | None, revision: str | None, rctx, where: str) -> tuple[Path | None, str | None]:
+    """(local path, hub id) of a stage's ``tokenizer_path``: relative paths are the manifest's;
+    a hub id (``org/name`` that is no local path) needs ``revision``."""
+    if not tokenizer_path:
+        return None, None
+    manifest = getattr(rctx, "manifest", None)
+    base = Path(manifest.path).parent if manifest is not None and getattr(manifest, "path", None) else Path.cwd()
+    src = Path(tokenizer_path).expanduser()
+    src = src if src.is_absolute() else base / src
+    if not src.exists() and tkz.HUB_ID.match(tokenizer_path):
+        if not revision:
+            raise StageError(f"{tokenizer_path!r} is not a local path: as a hub model id it needs revision", where=where, hint="set revision: a commit sha (or a tag) of the hub repository, so the run can be repeated")
+        return None, tokenizer_path
+    return src, None
 
 
 def _identity(meta: dict, tok: tkz.TextTokenizer, eos_id: int, bos_id: int | None) -> dict:
