@@ -236,6 +236,10 @@ def test_eval_sets(ablation, tmp_path):
     (other / "index.json").write_text(json.dumps({**index, "tokenizer": {**index["tokenizer"], "sha256": "0" * 64}}), encoding="utf-8")
     with pytest.raises(AblateError, match="eval set 'other': its tokens were made with another tokenizer"):
         load_eval_sets([other], out / "tokenizer", doc["tokenizer"]["sha256"], index["eos_id"], None)
-    (tmp_path / "empty.jsonl").write_text('{"title": "no text"}\n', encoding="utf-8")
+    (tmp_path / "notext.jsonl").write_text('{"text": "a document"}\n{"title": "no text"}\n', encoding="utf-8")
+    with pytest.raises(AblateError, match="eval set 'notext': a record has no 'text' text field") as err:  # not a score over part of the file
+        load_eval_sets([tmp_path / "notext.jsonl"], out / "tokenizer", doc["tokenizer"]["sha256"], index["eos_id"], None)
+    assert "line 2" in err.value.where
+    (tmp_path / "empty.jsonl").write_text('{"text": "  "}\n', encoding="utf-8")
     with pytest.raises(AblateError, match="eval set 'empty' has no documents"):
         load_eval_sets([tmp_path / "empty.jsonl"], out / "tokenizer", doc["tokenizer"]["sha256"], index["eos_id"], None)
