@@ -27,6 +27,10 @@ CASES = {
                                                            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                                            "original_max_position_embeddings": 16})),
     "llama-linear-rope": ("llama", dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0})),
+    # YaRN as Qwen2.5 long-context configs set it (original context 16 < T = 48: ramp and attention factor both used)
+    "qwen2-yarn": ("qwen2", dict(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16})),
+    "llama-yarn-mscale": ("llama", dict(rope_parameters={"rope_type": "yarn", "rope_theta": 50000.0, "factor": 8.0, "original_max_position_embeddings": 16,
+                                                         "mscale": 1.0, "mscale_all_dim": 0.5, "beta_fast": 16, "beta_slow": 2})),
     "llama-attention-bias": ("llama", dict(attention_bias=True)),
     "qwen2-bias-theta": ("qwen2", dict(rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
     "qwen2-tied": ("qwen2", dict(tie_word_embeddings=True)),
@@ -105,9 +109,8 @@ def test_other_architectures_refused(tmp_path):
 
 
 def test_unimplemented_rope_refused(tmp_path):
-    path = make_tiny_checkpoint(tmp_path / "y", "llama", rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
-                                                                           "original_max_position_embeddings": 32})
-    with pytest.raises(TrainError, match="yarn"):
+    path = make_tiny_checkpoint(tmp_path / "y", "llama", rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 4.0})
+    with pytest.raises(TrainError, match="dynamic"):
         load_model(path)[0]
 
 
@@ -144,3 +147,14 @@ def test_transformers_4_config_keys_are_read():
                                                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}})
     assert spec.rope_theta == 500000.0 and spec.rope["rope_type"] == "llama3" and spec.n_kv_heads == 1 and spec.head_dim == 4
     assert unsupported(spec) == []
+
+
+def test_yarn_really_changes_the_rotation():
+    """The parity cases above would pass with plain RoPE if YaRN were ignored on both sides: check it is not."""
+    from pipeline.train.model import ModelConfig, rope_attention_scaling, rope_cache
+
+    plain = ModelConfig(vocab_size=8, dim=64, n_layers=1, n_heads=2, ffn_dim=8)
+    yarn = ModelConfig(**{**plain.__dict__, "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}})
+    assert abs(rope_attention_scaling(yarn) - (0.1 * torch.log(torch.tensor(4.0)).item() + 1)) < 1e-6
+    (c0, _), (c1, _) = rope_cache(plain, 48, "cpu"), rope_cache(yarn, 48, "cpu")
+    assert (c0 - c1).abs().max() > 0.1

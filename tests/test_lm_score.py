@@ -220,3 +220,16 @@ def test_a_relative_model_path_is_read_from_the_manifest_folder(model_run, tmp_p
     monkeypatch.chdir(tmp_path / "project" / "in")  # somewhere else: the working directory must not matter
     params = load_manifest(m).stage_params[0]
     assert Path(params.model) == (tmp_path / "models" / "run").resolve()
+
+
+def test_a_model_with_a_published_layout_is_refused_clearly():
+    """lm_score's fast forward implements our presets' layout only: a GQA / untied / biased model
+    (one started with --init-from) is named, not scored wrongly."""
+    import dataclasses
+
+    from pipeline.text.lm import unsupported_layout
+    from pipeline.train.model import ModelConfig
+
+    assert unsupported_layout(dataclasses.asdict(ModelConfig())) == []
+    odd = dataclasses.asdict(ModelConfig(n_kv_heads=2, qkv_bias=True, tie_embeddings=False))
+    assert unsupported_layout(odd) == ["n_kv_heads=2", "qkv_bias=True", "tie_embeddings=False"]

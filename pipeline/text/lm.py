@@ -152,6 +152,15 @@ class LlamaWeights:
         return self._rope[key]
 
 
+# ModelConfig fields of published checkpoints (train/model.py) and the values of our presets' layout
+PRESET_LAYOUT = {"n_kv_heads": None, "head_size": None, "qkv_bias": False, "o_bias": False, "qk_norm": False, "tie_embeddings": True, "rope_scaling": None, "sliding_window": None}
+
+
+def unsupported_layout(cfg: dict) -> list[str]:
+    """The fields of a model config this forward does not implement (GQA, biases, untied head, ...)."""
+    return [f"{k}={cfg[k]!r}" for k, v in PRESET_LAYOUT.items() if cfg.get(k, v) != v]
+
+
 def load_weights(weights: dict, cfg: dict, device, dtype) -> LlamaWeights:
     """Native ``Transformer`` state-dict names -> fused inference tensors (matmul weights in
     ``dtype``; norms stay float32, as the model computes them)."""
@@ -257,6 +266,10 @@ class LmScorer:
         # bf16 matmuls where the GPU has them (the model trained under bf16 autocast); float32 on CPU
         self.dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         cfg = self.run.state["model"]
+        extra = unsupported_layout(cfg)
+        if extra:
+            raise LmError(f"lm_score's fast forward covers our presets' layout; this model has {', '.join(extra)}", where=str(self.run.weights),
+                          hint="score with a model pretrained from a preset (pipeline train --preset ...), not one started from a published checkpoint")
         try:
             self.model = load_weights(load_safetensors(raw), cfg, self.device, self.dtype)
         except Exception as exc:  # a damaged or foreign file: name it

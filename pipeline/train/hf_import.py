@@ -89,6 +89,12 @@ def _spec(c: dict) -> ImportSpec:
     rope = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
     rope.setdefault("rope_type", rope.get("type", "default"))
     theta = float(rope.pop("rope_theta", c.get("rope_theta", 10000.0)))
+    if float(rope.get("partial_rotary_factor", c.get("partial_rotary_factor") or 1.0)) != 1.0:
+        raise TrainError("partial rotary embeddings (partial_rotary_factor < 1) are not implemented", where="config.json", hint="pick a checkpoint that rotates whole heads (Llama, Qwen2/3, Mistral do)")
+    if rope["rope_type"] in ("llama3", "yarn"):  # as transformers: the pretraining context, else the configured one
+        rope["original_max_position_embeddings"] = c.get("original_max_position_embeddings") or rope.get("original_max_position_embeddings") or c.get("max_position_embeddings", 2048)
+    if rope["rope_type"] == "yarn" and rope.get("factor") is None:
+        rope["factor"] = c.get("max_position_embeddings", 2048) / rope["original_max_position_embeddings"]
     n_heads = c["num_attention_heads"]
     head_dim = c.get("head_dim") or c["hidden_size"] // n_heads
     if mt in ("qwen2", "qwen3"):

@@ -6,7 +6,7 @@ Module names follow ``LlamaForCausalLM`` so that export is a rename (``model.`` 
 Our presets use tied embeddings, one key/value head per query head and no biases. The same
 module also runs published Llama-family checkpoints (``hf_import.py``: Llama 2/3, Qwen2/2.5,
 Qwen3, Mistral): grouped-query attention (``n_kv_heads``), an explicit ``head_size``, q/k/v(/o)
-biases, an untied ``lm_head``, per-head q/k RMSNorm (Qwen3) and RoPE scaling (``linear``,
+biases, an untied ``lm_head``, per-head q/k RMSNorm (Qwen3) and RoPE scaling (``linear``, ``yarn``,
 ``llama3``), with logits equal to ``transformers``' (tests/test_hf_import.py)."""
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ FUSED_PROJECTIONS = True
 VOCAB_MULTIPLE = 64  # tensor-core friendly: the embedding / LM-head matmul has this many rows more at most
 
 
-ROPE_TYPES = ("default", "linear", "llama3")
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
 def padded_vocab(n: int) -> int:
@@ -106,8 +106,8 @@ class RMSNorm(nn.Module):
 
 
 def rope_inv_freq(cfg: ModelConfig, device=None) -> torch.Tensor:
-    """Inverse frequencies as transformers computes them for default, ``linear`` and ``llama3``
-    RoPE (all three with attention scaling 1.0)."""
+    """Inverse frequencies as transformers computes them for default, ``linear``, ``llama3`` and
+    ``yarn`` RoPE (``rope_attention_scaling`` gives yarn's cos/sin factor; 1.0 for the others)."""
     d = cfg.head_dim
     inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
     r = cfg.rope_scaling or {}
@@ -121,13 +121,46 @@ def rope_inv_freq(cfg: ModelConfig, device=None) -> torch.Tensor:
         smooth = (old / wl - lo) / (hi - lo)
         medium = ~(wl < old / hi) & ~(wl > old / lo)
         return torch.where(medium, (1 - smooth) * out / factor + smooth * out, out)
+    if kind == "yarn":  # YaRN: interpolate the slow dimensions by `factor`, keep the fast ones, a linear ramp between
+        base, factor, old = cfg.rope_theta, r["factor"], r["original_max_position_embeddings"]
+        fast, slow = r.get("beta_fast") or 32, r.get("beta_slow") or 1
+
+        def dim_for(rotations: float) -> float:  # the dimension that turns `rotations` times over the original context
+            return (d * math.log(old / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+        low, high = dim_for(fast), dim_for(slow)
+        if r.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, d - 1)
+        high = high + 0.001 if low == high else high
+        ramp = ((torch.arange(d // 2, dtype=torch.float32, device=device) - low) / (high - low)).clamp(0, 1)
+        pos = base ** (torch.arange(0, d, 2, device=device, dtype=torch.float32) / d)
+        keep = 1 - ramp  # 1: extrapolate (original frequency), 0: interpolate (divided by factor)
+        return (1.0 / (factor * pos)) * (1 - keep) + (1.0 / pos) * keep
     return inv
+
+
+def rope_attention_scaling(cfg: ModelConfig) -> float:
+    """YaRN's factor on cos and sin (``attention_factor``, or 0.1·ln(factor) + 1); 1.0 otherwise."""
+    r = cfg.rope_scaling or {}
+    if r.get("rope_type") != "yarn":
+        return 1.0
+    if r.get("attention_factor") is not None:
+        return float(r["attention_factor"])
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    if r.get("mscale") and r.get("mscale_all_dim"):
+        return mscale(r["factor"], r["mscale"]) / mscale(r["factor"], r["mscale_all_dim"])
+    return mscale(r["factor"])
 
 
 def rope_cache(cfg: ModelConfig, T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     freqs = torch.outer(torch.arange(T, device=device, dtype=torch.float32), rope_inv_freq(cfg, device))
     emb = torch.cat([freqs, freqs], dim=-1)  # rotate-half layout: [f0..f(d/2-1), f0..f(d/2-1)]
-    return emb.cos(), emb.sin()
+    scale = rope_attention_scaling(cfg)
+    return emb.cos() * scale, emb.sin() * scale
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
