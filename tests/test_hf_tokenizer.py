@@ -13,10 +13,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import sentencepiece as spm
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, processors
 
 from pipeline.common.errors import PipelineError
 from pipeline.text import tokenizer as tkz
+from tests.support.hfmodel import byte_level_bpe
 from tests.test_tokenize import doc_id, manifest, run, split_stream, write_inputs
 
 DOCS = [
@@ -31,13 +32,7 @@ TRAIN_TEXT = [d["text"] for d in DOCS] * 3
 
 
 def _byte_level(vocab_size: int, specials: list[str]) -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[], show_progress=False)
-    tok.train_from_iterator(TRAIN_TEXT, trainer)
-    tok.add_special_tokens(specials)
-    return tok
+    return byte_level_bpe(TRAIN_TEXT, vocab_size, specials)
 
 
 def _save(folder: Path, tok: Tokenizer, config: dict) -> Path:

@@ -23,16 +23,21 @@ CORPUS = [
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def tokenizer(vocab_size: int = 700):
+def byte_level_bpe(texts: list[str], vocab_size: int, specials: list[str]):
+    """A byte-level BPE (Llama 3 / Qwen style) trained on ``texts``, ``specials`` added after."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[], show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer)
-    tok.add_special_tokens(SPECIALS)
+    tok.train_from_iterator(texts, trainer)
+    tok.add_special_tokens(specials)
     return tok
+
+
+def tokenizer(vocab_size: int = 700):
+    return byte_level_bpe(CORPUS, vocab_size, SPECIALS)
 
 
 def published_model(folder: Path, family: str = "qwen2", seed: int = 0, chat: bool = True, license: str = "apache-2.0", **overrides) -> Path:
