@@ -155,7 +155,11 @@ def test_resume_keeps_the_runs_own_settings(setup, tmp_path):
     assert proc.returncode == 0, proc.stderr
     state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
     assert state["train"]["lr"] == 1e-4 and state["train"]["init_from"] == str(setup["model"]) and state["step"] == 3
-    proc = run_cli(*base, "--resume", "--max-steps", "4", "--init-from", str(tmp_path / "elsewhere"), env=ENV)
+    assert run_cli("eval", str(run_dir), "--name", "at3", env=ENV).returncode == 0
+    assert run_cli(*base, "--resume", "--max-steps", "4", env=ENV).returncode == 0
+    kept = json.loads((run_dir / "metrics.json").read_text())["eval"]["at3"]  # an eval survives the resume, naming its step
+    assert kept["model_step"] == 3 and kept["task"] == "lm"
+    proc = run_cli(*base, "--resume", "--max-steps", "5", "--init-from", str(tmp_path / "elsewhere"), env=ENV)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
 
 

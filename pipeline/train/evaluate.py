@@ -208,7 +208,8 @@ def evaluate(req: EvalRequest) -> dict:
         result = _sft(req, info, data, device)
     else:
         result = _classification(req, info, data, device)
-    result.update(model=str(info.model_dir), run_kind=info.kind, tokenizer=info.tok_hash, device=str(device), seconds=round(time.time() - t0, 2))
+    step = (info.state or {}).get("step")  # which weights were scored: results outlive a resumed run's checkpoint
+    result.update(model=str(info.model_dir), model_step=step, run_kind=info.kind, tokenizer=info.tok_hash, device=str(device), seconds=round(time.time() - t0, 2))
     name = safe_name(req.name) if req.name else default_name(data, result.get("split"))
     result["name"] = name
     write_result(info.metrics_dir, name, result)

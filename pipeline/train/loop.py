@@ -602,7 +602,15 @@ def _run(cfg, out, d, device, tokens_dir, train_stream, val_stream, tok_hash, T,
                 summary["mfu"] = flops_tok * summary["tokens_per_s"] / (peak * d.world)
         if d.main:
             save_checkpoint(out, model, opt, ckpt_state())
-            (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            old = out / "metrics.json"
+            if cfg.resume and old.is_file():  # `pipeline eval` results of this run stay (each names the model_step it scored)
+                try:
+                    earlier = json.loads(old.read_text(encoding="utf-8")).get("eval")
+                except (ValueError, AttributeError):
+                    earlier = None
+                if earlier:
+                    summary["eval"] = earlier
+            old.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     finally:
         log.close()
     return summary
