@@ -11,6 +11,7 @@ coerced and type-checked by pydantic, so ``lr: 3e-4`` (a string to YAML 1.1) wor
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,8 +175,6 @@ SAVED_LAYER = "the checkpoint's own settings"
 
 def saved_train(out_dir: str | Path) -> dict | None:
     """The train settings saved in ``out_dir/checkpoint/state.json`` (section keys only)."""
-    import json
-
     path = Path(out_dir) / "checkpoint" / "state.json"
     try:
         train = json.loads(path.read_text(encoding="utf-8")).get("train") or {}

@@ -43,8 +43,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.common.storage import file_digests
-from pipeline.train import TrainError
-from pipeline.train.loop import base_model_facts, pick_device, use_bf16_for
+from pipeline.train import TrainError, hf_import
+from pipeline.train.loop import pick_device, use_bf16_for
 from pipeline.train.model import ModelConfig, Transformer, padded_vocab
 
 TASKS = ("classification", "sft")
@@ -210,11 +210,7 @@ def collate(examples: list[np.ndarray], pad_id: int, masks: list[np.ndarray] | N
 def load_published(init_from: str, revision: str | None) -> tuple[Transformer, dict, Path]:
     """A published Hugging Face model (folder or hub id) as a base: the model, a state record
     like a checkpoint's (with ``init_from``: origin, tokenizer files) and its folder."""
-    from pipeline.train import hf_import
-
-    folder, origin = hf_import.resolve(init_from, revision)
-    model, spec = hf_import.load_model(folder)
-    origin.update(model_type=spec.model_type, config=hf_import.read_config(folder), card=hf_import.card_facts(folder))
+    model, origin, folder = hf_import.load_published(init_from, revision)
     tok_files = {n: d for n, d in origin["files"].items() if n in hf_import.TOKEN_FILES or n in ("tokenizer_config.json", "special_tokens_map.json")}
     state = {"step": 0, "model": dataclasses.asdict(model.cfg), "init_from": origin, "data": {"tokenizer_dir": str(folder), "tokenizer_files": tok_files}}
     return model, state, folder
@@ -257,10 +253,8 @@ def check_compatible(state: dict, index: dict, ckpt: Path, ft_dir: Path) -> None
     where = f"{ckpt} vs {ft_dir}"
     origin = state.get("init_from")
     if origin:  # a published model: the examples must come from its own tokenizer files
-        from pipeline.train.hf_import import tokenizer_mismatch
-
         tok = index.get("tokenizer") or {}
-        why = tokenizer_mismatch(origin["files"], tok.get("files") or {}, state["model"]["vocab_size"], index.get("vocab_size"))
+        why = hf_import.tokenizer_mismatch(origin["files"], tok.get("files") or {}, state["model"]["vocab_size"], index.get("vocab_size"))
         if why:
             raise TrainError(f"these examples cannot train {origin['source']}: {why}", where=where, hint=f"make them with the model's tokenizer: finetune_data params tokenizer_path: {origin['source']}")
         _check_length(state, index, where)
@@ -548,7 +542,7 @@ def finetune(config: FinetuneConfig | dict, on_step=None, progress: bool = False
         "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "examples": {s: len(splits[s]) for s in SPLITS},
         "base": _base_record(ckpt, state),
-        **({"base_model": base_model_facts(state["init_from"])} if state.get("init_from") else {}),
+        **({"base_model": hf_import.base_model_facts(state["init_from"])} if state.get("init_from") else {}),
     }
     if task == "classification":
         train_counts = np.bincount(train.labels, minlength=len(labels))

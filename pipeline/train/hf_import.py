@@ -230,6 +230,22 @@ def folder_digests(folder: Path) -> dict[str, str]:
     return {n: file_digests(folder / n)["sha256"] for n in names}
 
 
+def load_published(init_from: str, revision: str | None = None) -> tuple[Transformer, dict, Path]:
+    """A published model (folder or hub id at ``revision``) in our Transformer, its origin record
+    (source, revision, file digests, model type, config, card facts) and its local folder."""
+    folder, origin = resolve(init_from, revision)
+    model, spec = load_model(folder)
+    origin.update(model_type=spec.model_type, config=read_config(folder), card=card_facts(folder))
+    return model, origin, folder
+
+
+def base_model_facts(origin: dict) -> dict:
+    """What a summary (and the report) says of the published model a run started from."""
+    card = origin.get("card") or {}
+    return {"source": origin.get("source"), "revision": origin.get("commit") or origin.get("revision"), "model_type": origin.get("model_type"),
+            "license": card.get("license"), "license_name": card.get("license_name"), "license_files": card.get("license_files")}
+
+
 TOKEN_FILES = ("tokenizer.json", "tokenizer.model")  # what maps text to ids; the rest (config, chat template) does not change the ids
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.train import TrainError
+from pipeline.train import TrainError, hf_import
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import Batches, TokenStream, eval_batches, find_tokens_dir, tokenizer_hash, vocab_size
@@ -368,24 +368,13 @@ def train(config: TrainConfig | dict, on_step=None, on_log=None) -> dict:
 def import_model(cfg: TrainConfig, index: dict, where: str) -> tuple[dict, ModelConfig, dict]:
     """Weights, config and origin record of the published model ``cfg.init_from``; refuses token
     shards made with another tokenizer than the model's."""
-    from pipeline.train import hf_import
-
-    folder, origin = hf_import.resolve(cfg.init_from, cfg.init_revision)
-    model, spec = hf_import.load_model(folder)
+    model, origin, _ = hf_import.load_published(cfg.init_from, cfg.init_revision)
     tok = index.get("tokenizer") or {}
     why = hf_import.tokenizer_mismatch(origin["files"], tok.get("files") or {}, model.cfg.vocab_size, index.get("vocab_size"))
     if why:
         raise TrainError(f"these token shards cannot train {cfg.init_from}: {why}", where=where,
                          hint=f"tokenize the data with the model's own tokenizer: tokenize params tokenizer_path: {cfg.init_from}" + (f" (revision: {cfg.init_revision})" if cfg.init_revision else ""))
-    origin.update(model_type=spec.model_type, config=hf_import.read_config(folder), card=hf_import.card_facts(folder))
     return model.state_dict(), model.cfg, origin
-
-
-def base_model_facts(origin: dict) -> dict:
-    """What a summary (and the report) says of the published model a run started from."""
-    card = origin.get("card") or {}
-    return {"source": origin.get("source"), "revision": origin.get("commit") or origin.get("revision"), "model_type": origin.get("model_type"),
-            "license": card.get("license"), "license_name": card.get("license_name"), "license_files": card.get("license_files")}
 
 
 def build_model(mcfg: ModelConfig, weights: dict | None) -> Transformer:
@@ -593,7 +582,7 @@ def _run(cfg, out, d, device, tokens_dir, train_stream, val_stream, tok_hash, T,
             "seconds": elapsed,
             "model": dataclasses.asdict(mcfg),
             "config": cfg.to_json(),
-            **({"base_model": base_model_facts(origin)} if origin else {}),
+            **({"base_model": hf_import.base_model_facts(origin)} if origin else {}),
             **{k: v for k, v in last_eval.items() if k not in ("step", "type")},
         }
         if t_first is not None and step - start_step > 1:  # steps 2..n of this process, evaluations included
